@@ -1,0 +1,162 @@
+//! Command-line interface: the scenarios (`capacity`, `fanout`, `churn`), the `merge` tool and
+//! the hidden `worker` subcommand the coordinator spawns. Every flag has a bounded default.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Load-test harness for the Phoenix Channels gateway (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about, long_about = None)]
+pub struct Cli {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Scenarios and tools.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Ramp to N joined sessions, hold, report server bytes and CPU per session and the
+    /// connect+join rate.
+    Capacity(CapacityArgs),
+    /// S subscribers over T topics, publish at R/s through POST /api/broadcast; end-to-end
+    /// latency, deliveries/s, loss and duplicates.
+    Fanout(FanoutArgs),
+    /// Connect / join / leave / disconnect storms.
+    Churn(ChurnArgs),
+    /// Merge the JSON reports of `--shard` runs into one report.
+    Merge(MergeArgs),
+    /// Internal: one worker process (JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Flags shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Gateway WebSocket URL (repeat for several nodes; sessions go round-robin). Only
+    /// 127.0.0.0/8 targets are accepted.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:4000/socket/websocket")]
+    pub urls: Vec<String>,
+    /// Sessions to open (churn: concurrent lanes).
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub sessions: u64,
+    /// Session starts per second over all workers (the ramp).
+    #[arg(long, default_value_t = 5000.0)]
+    pub rate: f64,
+    /// Connects + joins in flight at once, over all workers.
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight: usize,
+    /// Loopback source addresses to spread sessions over (127.0.0.2 ..).
+    #[arg(long, default_value_t = 8)]
+    pub sources: u32,
+    /// Worker processes (default: sessions / --per-worker, rounded up).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Sessions per worker when --workers is not given (a process holds < 20,000 fds).
+    #[arg(long, default_value_t = 8000)]
+    pub per_worker: u64,
+    /// Topic name prefix; session i joins PREFIX{i mod topics}.
+    #[arg(long, default_value = "room:lt")]
+    pub topic_prefix: String,
+    /// Join (and leave) reply timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub join_timeout_ms: u64,
+    /// Heartbeat interval in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_secs: u64,
+    /// Hard bound on the whole run, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub max_secs: u64,
+    /// Run only shard I of N (I in 1..=N) of the sessions, for runs spread over several
+    /// coordinators; combine the --json reports with `loadtest merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// SLO gate, e.g. 'p99>50ms', 'loss>0', 'errors>0', 'bytes_per_session>2048' (repeatable):
+    /// exit code 1 when one holds.
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    pub fail_if: Vec<String>,
+    /// No progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `capacity` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CapacityArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+    /// Topics to spread the sessions over.
+    #[arg(long, default_value_t = 100)]
+    pub topics: u64,
+    /// Seconds to hold the joined sessions before reading server memory.
+    #[arg(long, default_value_t = 5)]
+    pub hold_secs: u64,
+    /// Gateway pid(s) whose /proc/<pid>/status VmRSS to read as well (repeatable).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+}
+
+/// `fanout` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+    /// Topics (subscribers are spread evenly).
+    #[arg(long, default_value_t = 1)]
+    pub topics: u64,
+    /// Publishes per second (over all topics).
+    #[arg(long, default_value_t = 10.0)]
+    pub publish_rate: f64,
+    /// Publishing time in seconds (publishes = rate × duration).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Concurrent publisher HTTP connections.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Padding bytes added to each probe payload.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// Seconds to wait for deliveries after the last publish.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+    /// API key for POST /api/broadcast (Authorization: Bearer).
+    #[arg(long, env = "GATEWAY_API_KEY")]
+    pub api_key: Option<String>,
+}
+
+/// `churn` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Shared flags (--sessions = concurrent lanes).
+    #[command(flatten)]
+    pub common: Common,
+    /// Total connect/join/leave/close cycles (default 5 × sessions).
+    #[arg(long)]
+    pub cycles: Option<u64>,
+    /// Topics to spread joins over.
+    #[arg(long, default_value_t = 10)]
+    pub topics: u64,
+    /// Milliseconds each session stays joined before leaving.
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
+}
+
+/// `merge` flags.
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// JSON reports written by `--shard` runs of the same scenario.
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Write the merged JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// SLO gates evaluated on the merged report.
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    pub fail_if: Vec<String>,
+}

@@ -1,0 +1,105 @@
+//! `loadtest merge`: combines the JSON reports of `--shard I/N` runs of one scenario into one
+//! report: counters summed, histograms added, rates and per-session figures recomputed.
+
+use crate::report::{Hists, Latency, Report};
+use crate::scenario::fanout::dot;
+use crate::scenario::RunError;
+use std::path::PathBuf;
+
+/// Element-wise sum of two per-topic vectors.
+fn add_vec(acc: &mut Vec<u64>, v: &[u64]) {
+    if acc.len() < v.len() {
+        acc.resize(v.len(), 0);
+    }
+    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+}
+
+/// Reads and merges the reports.
+pub fn merge_files(paths: &[PathBuf]) -> Result<Report, RunError> {
+    let reports = paths
+        .iter()
+        .map(|p| Ok(serde_json::from_slice(&std::fs::read(p)?)?))
+        .collect::<Result<Vec<Report>, RunError>>()?;
+    merge(&reports)
+}
+
+/// Merges reports of the same scenario.
+pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
+    let Some(first) = reports.first() else {
+        return Ok(Report::default());
+    };
+    let mut m = first.clone();
+    let mut hists = first.histograms.decode()?;
+    for r in &reports[1..] {
+        if r.scenario != m.scenario {
+            return Err(RunError::Mismatch(m.scenario.clone(), r.scenario.clone()));
+        }
+        m.sessions_requested += r.sessions_requested;
+        m.sessions_joined += r.sessions_joined;
+        m.sessions_failed += r.sessions_failed;
+        m.workers += r.workers;
+        m.errors.add(&r.errors);
+        m.duration_secs = m.duration_secs.max(r.duration_secs);
+        m.ramp_secs = m.ramp_secs.max(r.ramp_secs);
+        for (acc, h) in hists.iter_mut().zip(r.histograms.decode()?) {
+            let _ = acc.add(h);
+        }
+        if let (Some(a), Some(b)) = (m.capacity.as_mut(), &r.capacity) {
+            // Different shards may read the same node: keep the larger loaded reading per field.
+            a.bytes_per_session_metrics = None;
+            a.bytes_per_session_proc = match (a.bytes_per_session_proc, b.bytes_per_session_proc) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                _ => None,
+            };
+        }
+        if let (Some(a), Some(b)) = (m.fanout.as_mut(), &r.fanout) {
+            add_vec(&mut a.joined_by_topic, &b.joined_by_topic);
+            add_vec(&mut a.published_by_topic, &b.published_by_topic);
+            a.publishes += b.publishes;
+            a.publishes_ok += b.publishes_ok;
+            a.deliveries += b.deliveries;
+            a.unique += b.unique;
+            a.duplicates += b.duplicates;
+            a.first_publish_us = match (a.first_publish_us, b.first_publish_us) {
+                (0, y) => y,
+                (x, 0) => x,
+                (x, y) => x.min(y),
+            };
+            a.last_delivery_us = a.last_delivery_us.max(b.last_delivery_us);
+        }
+        if let (Some(a), Some(b)) = (m.churn.as_mut(), &r.churn) {
+            a.cycles += b.cycles;
+            a.cycles_requested += b.cycles_requested;
+            a.cycles_per_sec += b.cycles_per_sec;
+        }
+    }
+    m.shard = [1, 1];
+    m.errors_total = m.errors.total();
+    m.connect_join = Latency::of(&hists[0]);
+    m.connect_join_rate = if m.ramp_secs > 0.0 {
+        m.sessions_joined as f64 / m.ramp_secs
+    } else {
+        0.0
+    };
+    if let Some(f) = m.fanout.as_mut() {
+        f.expected = dot(&f.published_by_topic, &f.joined_by_topic);
+        f.loss = f.expected.saturating_sub(f.unique);
+        f.loss_ratio = if f.expected > 0 {
+            f.loss as f64 / f.expected as f64
+        } else {
+            0.0
+        };
+        let window = f.last_delivery_us.saturating_sub(f.first_publish_us) as f64 / 1e6;
+        f.deliveries_per_sec = if window > 0.0 {
+            f.deliveries as f64 / window
+        } else {
+            0.0
+        };
+        f.latency = Latency::of(&hists[1]);
+    }
+    if let Some(c) = m.churn.as_mut() {
+        c.leave_latency = Latency::of(&hists[2]);
+    }
+    m.histograms = Hists::encode(&hists);
+    Ok(m)
+}

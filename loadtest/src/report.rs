@@ -1,0 +1,314 @@
+//! The run report: what every scenario measured, as a JSON document (`--json FILE`) and as the
+//! summary table printed at the end. Histograms are kept (base64 V2) so shard reports merge.
+
+use crate::metrics::ServerReading;
+use crate::slo::SloResult;
+use crate::stats::{decode_hist, encode_hist, ErrorCounts, HistError};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Percentiles of one latency histogram, microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl Latency {
+    /// Summary of `h`.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        }
+    }
+}
+
+/// The three histograms of a run (base64 V2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hists {
+    /// Connect + upgrade + join, µs.
+    pub connect_join: String,
+    /// Probe delivery latency, µs.
+    pub delivery: String,
+    /// Leave round trip, µs.
+    pub leave: String,
+}
+
+impl Hists {
+    /// Decodes all three.
+    pub fn decode(&self) -> Result<[Histogram<u64>; 3], HistError> {
+        Ok([
+            decode_hist(&self.connect_join)?,
+            decode_hist(&self.delivery)?,
+            decode_hist(&self.leave)?,
+        ])
+    }
+
+    /// Encodes all three.
+    pub fn encode(h: &[Histogram<u64>; 3]) -> Hists {
+        Hists {
+            connect_join: encode_hist(&h[0]),
+            delivery: encode_hist(&h[1]),
+            leave: encode_hist(&h[2]),
+        }
+    }
+}
+
+/// Server memory and CPU figures of `capacity`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Seconds the sessions were held before the loaded reading.
+    pub hold_secs: u64,
+    /// `/metrics` before connecting.
+    pub baseline: ServerReading,
+    /// `/metrics` right after the ramp.
+    pub after_ramp: ServerReading,
+    /// `/metrics` after the hold.
+    pub loaded: ServerReading,
+    /// (loaded − baseline) `process_resident_memory_bytes` / sessions joined.
+    pub bytes_per_session_metrics: Option<f64>,
+    /// VmRSS sum of `--server-pid`s before connecting, bytes.
+    pub proc_rss_baseline: Option<u64>,
+    /// VmRSS sum after the hold, bytes.
+    pub proc_rss_loaded: Option<u64>,
+    /// (loaded − baseline) VmRSS / sessions joined.
+    pub bytes_per_session_proc: Option<f64>,
+    /// Server CPU seconds spent during the ramp.
+    pub cpu_seconds_ramp: f64,
+    /// Server CPU microseconds per connect+join.
+    pub cpu_us_per_join: Option<f64>,
+    /// Server CPU seconds during the hold (idle sessions, heartbeats).
+    pub cpu_seconds_hold: f64,
+}
+
+/// Fan-out figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fanout {
+    /// Topics.
+    pub topics: u64,
+    /// Joined subscribers per topic index.
+    pub joined_by_topic: Vec<u64>,
+    /// Successful publishes per topic index.
+    pub published_by_topic: Vec<u64>,
+    /// Target publish rate, 1/s.
+    pub publish_rate_target: f64,
+    /// Publishes attempted.
+    pub publishes: u64,
+    /// Publishes answered 2xx.
+    pub publishes_ok: u64,
+    /// Achieved publish rate, 1/s.
+    pub publish_rate: f64,
+    /// POST /api/broadcast round trip.
+    pub publish_latency: Latency,
+    /// Σ over topics of publishes_ok × joined subscribers.
+    pub expected: u64,
+    /// Probe frames received (with duplicates).
+    pub deliveries: u64,
+    /// Distinct (session, seq) receipts.
+    pub unique: u64,
+    /// Repeated receipts.
+    pub duplicates: u64,
+    /// expected − unique (never negative).
+    pub loss: u64,
+    /// loss / expected.
+    pub loss_ratio: f64,
+    /// Deliveries / (last delivery − first publish).
+    pub deliveries_per_sec: f64,
+    /// First publish send time, µs since epoch.
+    pub first_publish_us: u64,
+    /// Last delivery, µs since epoch.
+    pub last_delivery_us: u64,
+    /// End-to-end latency (publisher timestamp → subscriber receipt).
+    pub latency: Latency,
+}
+
+/// Churn figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    /// Completed cycles.
+    pub cycles: u64,
+    /// Cycles requested.
+    pub cycles_requested: u64,
+    /// Completed cycles per second.
+    pub cycles_per_sec: f64,
+    /// Leave round trip.
+    pub leave_latency: Latency,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `capacity` | `fanout` | `churn`.
+    pub scenario: String,
+    /// Shard `[i, n]` this report covers (`[1, 1]` = everything).
+    pub shard: [u64; 2],
+    /// Start, seconds since epoch.
+    pub started_unix: u64,
+    /// Wall time of the run, seconds.
+    pub duration_secs: f64,
+    /// The flags, for the record.
+    pub params: serde_json::Value,
+    /// Sessions asked for (churn: lanes).
+    pub sessions_requested: u64,
+    /// Successful joins (churn: every cycle's join).
+    pub sessions_joined: u64,
+    /// Sessions that never joined.
+    pub sessions_failed: u64,
+    /// Worker processes used.
+    pub workers: usize,
+    /// Errors by kind.
+    pub errors: ErrorCounts,
+    /// Sum of errors.
+    pub errors_total: u64,
+    /// Ramp duration (start to last join), seconds.
+    pub ramp_secs: f64,
+    /// Joined sessions per second of ramp.
+    pub connect_join_rate: f64,
+    /// Connect + join latency.
+    pub connect_join: Latency,
+    /// Capacity figures.
+    pub capacity: Option<Capacity>,
+    /// Fan-out figures.
+    pub fanout: Option<Fanout>,
+    /// Churn figures.
+    pub churn: Option<Churn>,
+    /// Raw histograms.
+    pub histograms: Hists,
+    /// SLO gate results.
+    pub slo: Vec<SloResult>,
+    /// No gate violated.
+    pub passed: bool,
+}
+
+impl Report {
+    /// The table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let lat =
+            |l: &Latency| {
+                format!(
+                "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={})",
+                ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.max_us), l.count
+            )
+            };
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(s, "  {k:<24} {v}");
+        };
+        row(
+            "scenario",
+            format!(
+                "{} (shard {}/{}, {} workers)",
+                self.scenario, self.shard[0], self.shard[1], self.workers
+            ),
+        );
+        row("duration", format!("{:.1} s", self.duration_secs));
+        row(
+            "sessions",
+            format!(
+                "{} joined / {} requested, {} failed",
+                self.sessions_joined, self.sessions_requested, self.sessions_failed
+            ),
+        );
+        row(
+            "connect+join rate",
+            format!(
+                "{:.0} sessions/s over {:.2} s",
+                self.connect_join_rate, self.ramp_secs
+            ),
+        );
+        row("connect+join latency", lat(&self.connect_join));
+        if let Some(c) = &self.capacity {
+            let opt = |v: Option<f64>| v.map_or("n/a".into(), |b| format!("{b:.0} B"));
+            row("bytes/session (metrics)", opt(c.bytes_per_session_metrics));
+            row("bytes/session (/proc)", opt(c.bytes_per_session_proc));
+            row(
+                "server RSS",
+                format!(
+                    "{:.1} MiB -> {:.1} MiB (metrics)",
+                    c.baseline.rss_bytes / 1048576.0,
+                    c.loaded.rss_bytes / 1048576.0
+                ),
+            );
+            row("server sessions gauge", format!("{}", c.loaded.sessions));
+            row(
+                "server CPU",
+                format!(
+                    "ramp {:.2} s ({} us/join), hold {:.2} s",
+                    c.cpu_seconds_ramp,
+                    c.cpu_us_per_join
+                        .map_or("n/a".into(), |v| format!("{v:.0}")),
+                    c.cpu_seconds_hold
+                ),
+            );
+        }
+        if let Some(f) = &self.fanout {
+            row(
+                "publishes",
+                format!(
+                    "{} ok / {} at {:.1}/s (target {:.1}/s)",
+                    f.publishes_ok, f.publishes, f.publish_rate, f.publish_rate_target
+                ),
+            );
+            row("publish latency", lat(&f.publish_latency));
+            row(
+                "deliveries",
+                format!(
+                    "{} ({} unique, {} duplicates) of {} expected",
+                    f.deliveries, f.unique, f.duplicates, f.expected
+                ),
+            );
+            row(
+                "loss",
+                format!("{} ({:.4} %)", f.loss, f.loss_ratio * 100.0),
+            );
+            row("deliveries/s", format!("{:.0}", f.deliveries_per_sec));
+            row("delivery latency", lat(&f.latency));
+        }
+        if let Some(c) = &self.churn {
+            row(
+                "cycles",
+                format!(
+                    "{} / {} at {:.0}/s",
+                    c.cycles, c.cycles_requested, c.cycles_per_sec
+                ),
+            );
+            row("leave latency", lat(&c.leave_latency));
+        }
+        row("errors", format!("{} {:?}", self.errors_total, self.errors));
+        for g in &self.slo {
+            let v = g.value.map_or("not measured".into(), |v| format!("{v}"));
+            row(
+                "slo",
+                format!(
+                    "{} (value {v}) {}",
+                    g.expr,
+                    if g.violated { "VIOLATED" } else { "ok" }
+                ),
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,125 @@
+//! `fanout`: S subscribers over T topics; once all are joined, publish R/s probes through
+//! `POST /api/broadcast`, wait for the deliveries to drain, and report end-to-end latency,
+//! deliveries/s, loss (expected − distinct receipts) and duplicates.
+//!
+//! Expected deliveries are Σ over topics of (2xx publishes × joined subscribers), so a refused
+//! publish or a failed join never shows up as loss. With `--shard`, only shard 1 publishes.
+
+use super::{base_report, launch_and_ramp, Clock, RunError, STOP_LIMIT};
+use crate::cli::FanoutArgs;
+use crate::fleet::Fleet;
+use crate::plan;
+use crate::protocol::Mode;
+use crate::publisher::{self, PublishPlan};
+use crate::report::{Fanout, Latency, Report};
+use std::time::Duration;
+
+/// Σ_t a[t] × b[t].
+pub fn dot(a: &[u64], b: &[u64]) -> u64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Runs the scenario.
+pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
+    let c = &a.common;
+    let share = plan::share(c)?;
+    let plans = plan::build(c, Mode::Hold, a.topics, 0, 0)?;
+    let nodes = plan::nodes(&plan::targets(c)?);
+    let clock = Clock::start();
+    let (mut fleet, _) = launch_and_ramp(c, plans).await?;
+    let joined_by_topic = fleet.joined_by_topic();
+
+    let count = if share.shard.0 == 1 {
+        (a.publish_rate * a.duration_secs).round() as u64
+    } else {
+        0
+    };
+    let pub_plan = PublishPlan {
+        nodes,
+        topic_prefix: c.topic_prefix.clone(),
+        topics: a.topics.max(1),
+        rate: a.publish_rate,
+        count,
+        publishers: a.publishers,
+        pad: "x".repeat(a.payload_bytes),
+        api_key: a.api_key.clone(),
+        limit: Duration::from_secs(c.max_secs),
+    };
+    let publishing = tokio::spawn(publisher::run(pub_plan));
+    fleet.note = format!("publishing {count} probes");
+    fleet
+        .run_until(
+            Duration::from_secs_f64(a.duration_secs) + Duration::from_secs(c.max_secs),
+            |_| publishing.is_finished(),
+        )
+        .await?;
+    let outcome = publishing
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let expected = dot(&outcome.ok_by_topic, &joined_by_topic);
+    fleet.note = format!("draining (expect {expected})");
+    drain(&mut fleet, expected, Duration::from_secs(a.drain_secs)).await?;
+    let finals = fleet.stop(STOP_LIMIT).await?;
+
+    let params = serde_json::json!({
+        "urls": c.urls, "subscribers": c.sessions, "topics": a.topics,
+        "publish_rate": a.publish_rate, "duration_secs": a.duration_secs,
+        "publishers": a.publishers, "payload_bytes": a.payload_bytes, "rate": c.rate,
+    });
+    let (mut report, hists) = base_report("fanout", c, params, &finals, clock)?;
+    report.errors.publish += outcome.errors;
+    report.errors_total += outcome.errors;
+    let t = crate::fleet::sum(&finals);
+    let publishes_ok: u64 = outcome.ok_by_topic.iter().sum();
+    let loss = expected.saturating_sub(t.unique);
+    let window = t.last_delivery_us.saturating_sub(outcome.first_us) as f64 / 1e6;
+    report.fanout = Some(Fanout {
+        topics: a.topics.max(1),
+        joined_by_topic,
+        published_by_topic: outcome.ok_by_topic.clone(),
+        publish_rate_target: a.publish_rate,
+        publishes: outcome.attempted,
+        publishes_ok,
+        publish_rate: if outcome.secs > 0.0 {
+            outcome.attempted as f64 / outcome.secs
+        } else {
+            0.0
+        },
+        publish_latency: Latency::of(&outcome.latency),
+        expected,
+        deliveries: t.deliveries,
+        unique: t.unique,
+        duplicates: t.duplicates,
+        loss,
+        loss_ratio: if expected > 0 {
+            loss as f64 / expected as f64
+        } else {
+            0.0
+        },
+        deliveries_per_sec: if window > 0.0 && t.deliveries > 0 {
+            t.deliveries as f64 / window
+        } else {
+            0.0
+        },
+        first_publish_us: outcome.first_us,
+        last_delivery_us: t.last_delivery_us,
+        latency: Latency::of(&hists[1]),
+    });
+    Ok(report)
+}
+
+/// Waits until `expected` distinct deliveries arrived, or nothing new arrived for `quiet`.
+async fn drain(fleet: &mut Fleet, expected: u64, quiet: Duration) -> Result<(), RunError> {
+    loop {
+        let before = fleet.totals().unique;
+        if before >= expected {
+            return Ok(());
+        }
+        let done = fleet
+            .run_until(quiet, |f| f.totals().unique >= expected)
+            .await?;
+        if done || fleet.totals().unique == before {
+            return Ok(());
+        }
+    }
+}
