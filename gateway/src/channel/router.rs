@@ -1,0 +1,105 @@
+//! The Router: topic patterns (`room:*` prefix patterns and exact topics) → channel factories,
+//! like Phoenix's `channel "room:*", RoomChannel`. Exact topics win over patterns; among
+//! patterns the longest prefix wins, so routing does not depend on declaration order.
+
+use std::sync::Arc;
+
+use super::{Channel, ChannelFactory};
+
+/// `prefix*` or an exact topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicPattern {
+    /// Matches topics starting with the prefix (`room:*` → prefix `room:`).
+    Prefix(String),
+    /// Matches one topic.
+    Exact(String),
+}
+
+impl TopicPattern {
+    /// Parse `room:*` (prefix) or `room:lobby` (exact). A `*` anywhere but at the end is taken
+    /// literally.
+    pub fn parse(s: &str) -> Self {
+        match s.strip_suffix('*') {
+            Some(prefix) => TopicPattern::Prefix(prefix.to_owned()),
+            None => TopicPattern::Exact(s.to_owned()),
+        }
+    }
+
+    /// Whether `topic` matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicPattern::Prefix(p) => topic.starts_with(p.as_str()),
+            TopicPattern::Exact(t) => t == topic,
+        }
+    }
+
+    fn specificity(&self) -> usize {
+        match self {
+            TopicPattern::Exact(_) => usize::MAX,
+            TopicPattern::Prefix(p) => p.len(),
+        }
+    }
+}
+
+/// Topic patterns → channel factories.
+#[derive(Clone, Default)]
+pub struct Router {
+    /// Routes, most specific first.
+    routes: Vec<(TopicPattern, ChannelFactory)>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.routes.iter().map(|(p, _)| p))
+            .finish()
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Route topics matching `pattern` to channels made by `factory`.
+    pub fn channel<F, C>(mut self, pattern: &str, factory: F) -> Self
+    where
+        F: Fn(&str) -> C + Send + Sync + 'static,
+        C: Channel,
+    {
+        let f: ChannelFactory =
+            Arc::new(move |topic: &str| Box::new(factory(topic)) as Box<dyn Channel>);
+        self.routes.push((TopicPattern::parse(pattern), f));
+        self.routes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
+        self
+    }
+
+    /// The factory for a topic, if any pattern matches.
+    pub fn route(&self, topic: &str) -> Option<&ChannelFactory> {
+        self.routes
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map(|(_, f)| f)
+    }
+
+    /// Whether no route is defined.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(TopicPattern::parse("room:*").matches("room:1"));
+        assert!(TopicPattern::parse("room:*").matches("room:"));
+        assert!(!TopicPattern::parse("room:*").matches("rooms"));
+        assert!(TopicPattern::parse("lobby").matches("lobby"));
+        assert!(!TopicPattern::parse("lobby").matches("lobby:1"));
+    }
+}

@@ -1,0 +1,128 @@
+//! Command-line flags and environment variables of the `gateway` binary → `Config`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{Config, ConfigError, ConfigFile, LogFormat};
+
+/// A horizontally clustered Phoenix Channels gateway node.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about)]
+pub struct Cli {
+    /// TCP port to listen on (0 = any free port).
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 4000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "GATEWAY_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// TOML config file with `[[channels]]` rules (default: the demo channel `room:*`).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL; makes this node a cluster member (absent = single node).
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Node id (default: random per boot).
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Bearer key required by /api/* (absent = API open).
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// HS256 secret; makes a valid JWT mandatory for every connect.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// RS256 public key file (PEM) for JWTs.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Allowed Origin (repeatable; `https://*.example.com` wildcards). None given = any origin.
+    #[arg(
+        long = "check-origin",
+        env = "GATEWAY_CHECK_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub check_origin: Vec<String>,
+    /// Largest client message in bytes, also across fragments (close 1009 beyond).
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    pub max_message_size: usize,
+    /// Most channels per session.
+    #[arg(long, env = "GATEWAY_MAX_CHANNELS", default_value_t = 100)]
+    pub max_channels: usize,
+    /// Close a WebSocket after this many seconds without received data.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Most frames queued per session before it is closed as a slow consumer (4002).
+    #[arg(long, env = "GATEWAY_OUTBOX_MAX_FRAMES", default_value_t = 4096)]
+    pub outbox_max_frames: usize,
+    /// Most bytes queued per session before it is closed as a slow consumer (4002).
+    #[arg(long, env = "GATEWAY_OUTBOX_MAX_BYTES", default_value_t = 8 << 20)]
+    pub outbox_max_bytes: usize,
+    /// Sessions closed per drain batch on shutdown.
+    #[arg(long, env = "GATEWAY_DRAIN_BATCH_SIZE", default_value_t = 10_000)]
+    pub drain_batch_size: usize,
+    /// Milliseconds between drain batches.
+    #[arg(long, env = "GATEWAY_DRAIN_INTERVAL_MS", default_value_t = 2_000)]
+    pub drain_interval_ms: u64,
+    /// Longest drain in milliseconds before the node exits anyway.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+    /// Serve /ws-echo, a plain WebSocket echo for conformance tests.
+    #[arg(long, env = "GATEWAY_WS_ECHO")]
+    pub ws_echo: bool,
+}
+
+/// Why the flags do not make a config.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The public key file is unreadable.
+    #[error("cannot read {path}: {source}")]
+    Key {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Cli {
+    /// Build the node config from the flags (reading the config and key files).
+    pub fn into_config(self) -> Result<Config, CliError> {
+        let channels = match &self.config {
+            Some(path) => ConfigFile::load(path)?.channels,
+            None => Vec::new(),
+        };
+        let jwt_public_key_pem = match &self.jwt_public_key {
+            Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Key {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Config {
+            node_id: self.node_id,
+            redis_url: self.redis_url,
+            api_key: self.api_key,
+            jwt_secret: self.jwt_secret,
+            jwt_public_key_pem,
+            check_origin: self.check_origin,
+            max_message_size: self.max_message_size,
+            max_channels: self.max_channels,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            outbox_max_frames: self.outbox_max_frames,
+            outbox_max_bytes: self.outbox_max_bytes,
+            drain_batch_size: self.drain_batch_size,
+            drain_interval: Duration::from_millis(self.drain_interval_ms),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            ws_echo: self.ws_echo,
+            channels,
+        })
+    }
+}

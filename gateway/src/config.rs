@@ -1,0 +1,187 @@
+//! Config: every setting of a node, with its documented default, and the TOML config file
+//! (channel rules). Flags and environment variables are parsed by `cli` into this struct;
+//! tests build it directly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::channel::ChannelSpec;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of a node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Node id; default: random per boot (`gw-<16 hex>`).
+    pub node_id: Option<String>,
+    /// Redis URL; `None` = single node with the in-process adapter.
+    pub redis_url: Option<String>,
+    /// Bearer key for `/api/*`; `None` = the API is open (a startup warning says so).
+    pub api_key: Option<String>,
+    /// HS256 secret; with it every connect needs a valid JWT. `None` = open mode.
+    pub jwt_secret: Option<String>,
+    /// RS256 public key (PEM), accepted in addition to / instead of the HS256 secret.
+    pub jwt_public_key_pem: Option<Vec<u8>>,
+    /// Allowed `Origin` values (`scheme://host[:port]`, `*.` wildcard hosts allowed). Empty =
+    /// any origin. A request without `Origin` is always allowed (non-browser clients).
+    pub check_origin: Vec<String>,
+    /// Largest client message, also across fragments (WebSocket close 1009). Default 1 MiB.
+    pub max_message_size: usize,
+    /// Most channels one session may join (default 100, like Phoenix).
+    pub max_channels: usize,
+    /// Close a WebSocket session after this long without received data (default 60 s).
+    pub idle_timeout: Duration,
+    /// Most frames queued for one session before it is closed as a slow consumer (default 4096).
+    pub outbox_max_frames: usize,
+    /// Most bytes queued for one session before it is closed as a slow consumer (default 8 MiB).
+    pub outbox_max_bytes: usize,
+    /// Sessions closed per drain batch (default 10,000, like Phoenix).
+    pub drain_batch_size: usize,
+    /// Pause between drain batches (default 2 s).
+    pub drain_interval: Duration,
+    /// Longest the drain may take before the node exits anyway (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// Serve `/ws-echo`, a plain WebSocket echo for conformance tests (default off).
+    pub ws_echo: bool,
+    /// Channel rules; empty = the demo channel (`room:*`).
+    pub channels: Vec<ChannelSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            redis_url: None,
+            api_key: None,
+            jwt_secret: None,
+            jwt_public_key_pem: None,
+            check_origin: Vec::new(),
+            max_message_size: 1 << 20,
+            max_channels: 100,
+            idle_timeout: Duration::from_secs(60),
+            outbox_max_frames: 4096,
+            outbox_max_bytes: 8 << 20,
+            drain_batch_size: 10_000,
+            drain_interval: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(30),
+            ws_echo: false,
+            channels: Vec::new(),
+        }
+    }
+}
+
+/// The config file (TOML).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[[channels]]` entries.
+    #[serde(default)]
+    pub channels: Vec<ChannelSpec>,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML for the format.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(&'static str),
+}
+
+impl ConfigFile {
+    /// Read and parse a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Parse config file text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+impl Config {
+    /// Check value ranges; called by `run` before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_size < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_message_size must be at least 1024 bytes",
+            ));
+        }
+        if self.max_channels == 0 {
+            return Err(ConfigError::Invalid("max_channels must be at least 1"));
+        }
+        if self.drain_batch_size == 0 {
+            return Err(ConfigError::Invalid("drain_batch_size must be at least 1"));
+        }
+        if self.outbox_max_frames == 0 || self.outbox_max_bytes < self.max_message_size {
+            return Err(ConfigError::Invalid(
+                "outbox limits must hold at least one largest message",
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid("idle_timeout must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_channel_rules() {
+        let f = ConfigFile::parse(
+            r#"
+            [[channels]]
+            pattern = "room:*"
+            broadcast = ["new_msg"]
+            broadcast_from = ["typing"]
+            [[channels]]
+            pattern = "private:*"
+            join = "token"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.channels.len(), 2);
+        assert_eq!(f.channels[1].join, crate::channel::JoinPolicy::Token);
+        assert!(ConfigFile::parse("[[channels]]\npattern = 1").is_err());
+        assert!(ConfigFile::parse("[[channels]]\npattern = \"a\"\nbogus = 1").is_err());
+        assert!(ConfigFile::parse("[[channels]]\npattern = \"a\"\njoin = \"maybe\"").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! The HTTP API: `POST /api/broadcast`, `POST /api/disconnect` (Bearer API key when one is
+//! configured), `/healthz` (alive), `/readyz` (hears the cluster and is not draining) and
+//! `/metrics`. Bad requests get a JSON error body, never a dropped connection.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::hub::DISCONNECT_EVENT;
+use crate::node::Node;
+use crate::protocol::Payload;
+use crate::pubsub::Broadcast;
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Compare in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(key) = &node.config.api_key else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), key.as_bytes()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastRequest {
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    id: String,
+}
+
+fn accepted() -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "ok": true })),
+    )
+        .into_response()
+}
+
+/// `POST /api/broadcast` `{"topic","event","payload"}`: broadcast to the topic on every node.
+pub async fn broadcast(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&node, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    let req: BroadcastRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+    };
+    if req.topic.is_empty()
+        || req.topic.len() > crate::session::MAX_TOPIC_LEN
+        || req.event.is_empty()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "topic must be 1-255 bytes and event non-empty",
+        );
+    }
+    let payload = match req.payload {
+        Some(raw) => Payload::raw_json(raw.get().to_owned()),
+        None => Payload::empty(),
+    };
+    node.broadcast(
+        Arc::new(Broadcast {
+            topic: req.topic,
+            event: req.event,
+            payload,
+        }),
+        None,
+    );
+    accepted()
+}
+
+/// `POST /api/disconnect` `{"id":"user_socket:42"}`: close every session with that id, on every
+/// node (close code 1001).
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&node, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    let req: DisconnectRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+    };
+    if req.id.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "id must not be empty");
+    }
+    let msg = Broadcast {
+        topic: req.id,
+        event: DISCONNECT_EVENT.into(),
+        payload: Payload::empty(),
+    };
+    node.broadcast(Arc::new(msg), None);
+    accepted()
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when the node hears the cluster and is not draining, else 503.
+pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "pubsub not ready").into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_keys() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

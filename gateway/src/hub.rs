@@ -1,0 +1,204 @@
+//! The Hub: this node's index of topic → subscribed sessions, and local fan-out.
+//!
+//! Fan-out is the fastlane: a broadcast is encoded at most once per wire format present among
+//! the topic's subscribers, and the same `Bytes` is queued on every subscriber's outbox (each
+//! session's own task then writes it, coalescing frames that queue up). Channels that intercept
+//! an event get the broadcast itself instead, to run `handle_out`. The index is sharded by topic
+//! so joins on different topics do not contend. The Hub tells the PubSub adapter when a topic
+//! gets its first local subscriber and when its last one leaves (interest-based subscriptions).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, RwLock};
+
+use crate::metrics::Metrics;
+use crate::protocol::Outgoing;
+use crate::pubsub::{Broadcast, SharedPubSub};
+use crate::session::{Close, CloseCode, OutItem, OutboxLimits, Pushed, SessionHandle};
+use crate::transport::Wire;
+
+/// Event that, broadcast on a session id topic, closes those sessions.
+pub const DISCONNECT_EVENT: &str = "disconnect";
+
+/// How a subscription receives broadcasts.
+#[derive(Clone, Debug)]
+pub enum SubKind {
+    /// A joined channel: fastlaned frames in this wire format, except intercepted events.
+    Channel {
+        /// Wire format of the session.
+        wire: Wire,
+        /// Events the channel runs `handle_out` for (`None`: it intercepts nothing).
+        intercepts: Option<Arc<[String]>>,
+    },
+    /// The session id topic (`user_socket:42`): only `disconnect` matters, and closes the session.
+    SessionId,
+}
+
+#[derive(Clone, Debug)]
+struct Subscriber {
+    /// The session.
+    session: Arc<SessionHandle>,
+    /// How it receives.
+    kind: SubKind,
+}
+
+type Topics = HashMap<Arc<str>, HashMap<u64, Subscriber>>;
+
+const SHARDS: usize = 64;
+
+/// The node-local topic index.
+pub struct Hub {
+    /// Topic → subscribers (by session key), sharded by topic hash.
+    shards: Box<[RwLock<Topics>]>,
+    /// Hasher that picks a topic's shard.
+    hasher: RandomState,
+    /// Adapter told about first/last local subscribers.
+    pubsub: SharedPubSub,
+    /// Outbox limits applied to fan-out pushes.
+    limits: OutboxLimits,
+    /// Counters.
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// Frames encoded for one broadcast, at most once per wire format.
+#[derive(Default)]
+struct EncodeCache {
+    /// Indexed by `Wire::index()`; inner `None` = this wire cannot carry the broadcast.
+    frames: [Option<Option<bytes::Bytes>>; Wire::COUNT],
+}
+
+impl EncodeCache {
+    fn get(&mut self, wire: Wire, msg: &Broadcast) -> Option<bytes::Bytes> {
+        self.frames[wire.index()]
+            .get_or_insert_with(|| {
+                let out = Outgoing::Broadcast {
+                    topic: &msg.topic,
+                    event: &msg.event,
+                    payload: &msg.payload,
+                };
+                wire.frame(out)
+            })
+            .clone()
+    }
+}
+
+impl Hub {
+    /// A hub that reports interest changes to `pubsub`.
+    pub fn new(pubsub: SharedPubSub, limits: OutboxLimits, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            pubsub,
+            limits,
+            metrics,
+        }
+    }
+
+    fn shard(&self, topic: &str) -> &RwLock<Topics> {
+        &self.shards[self.hasher.hash_one(topic) as usize % SHARDS]
+    }
+
+    /// Subscribe a session to a topic. Returns the shared topic string for the caller to keep.
+    pub fn subscribe(&self, topic: &str, session: &Arc<SessionHandle>, kind: SubKind) -> Arc<str> {
+        let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+        let key = match shard.get_key_value(topic) {
+            Some((k, _)) => k.clone(),
+            None => {
+                self.pubsub.subscribe(topic);
+                self.metrics.topics.inc();
+                let k: Arc<str> = Arc::from(topic);
+                shard.insert(k.clone(), HashMap::new());
+                k
+            }
+        };
+        if let Some(subs) = shard.get_mut(topic) {
+            subs.insert(
+                session.key,
+                Subscriber {
+                    session: session.clone(),
+                    kind,
+                },
+            );
+        }
+        key
+    }
+
+    /// Remove a session's subscription to a topic.
+    pub fn unsubscribe(&self, topic: &str, session_key: u64) {
+        let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+        if let Some(subs) = shard.get_mut(topic) {
+            subs.remove(&session_key);
+            if subs.is_empty() {
+                shard.remove(topic);
+                self.pubsub.unsubscribe(topic);
+                self.metrics.topics.dec();
+            }
+        }
+    }
+
+    /// Number of local subscribers of a topic.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.shard(topic)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .map_or(0, |s| s.len())
+    }
+
+    /// Deliver a broadcast to this node's subscribers, except the session `exclude`.
+    /// Returns the number of sessions it was queued for.
+    pub fn fanout(&self, msg: &Arc<Broadcast>, exclude: Option<u64>) -> usize {
+        let timer = self.metrics.fanout_seconds.start_timer();
+        let shard = self
+            .shard(&msg.topic)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get(msg.topic.as_str()) else {
+            timer.stop_and_discard();
+            return 0;
+        };
+        let mut cache = EncodeCache::default();
+        let mut delivered = 0;
+        for (key, sub) in subs {
+            if Some(*key) == exclude {
+                continue;
+            }
+            let item = match &sub.kind {
+                SubKind::SessionId => {
+                    if msg.event == DISCONNECT_EVENT {
+                        sub.session
+                            .close(Close::new(CloseCode::GOING_AWAY, "disconnected"));
+                        self.metrics.forced_disconnects.inc();
+                    }
+                    continue;
+                }
+                SubKind::Channel {
+                    intercepts: Some(ev),
+                    ..
+                } if ev.iter().any(|e| *e == msg.event) => OutItem::Intercept(msg.clone()),
+                SubKind::Channel { wire, .. } => match cache.get(*wire, msg) {
+                    Some(frame) => OutItem::Frame(frame),
+                    None => {
+                        self.metrics.unencodable.inc();
+                        continue;
+                    }
+                },
+            };
+            match sub.session.outbox.push(item, self.limits) {
+                Pushed::Queued => delivered += 1,
+                Pushed::Overflow => self.metrics.slow_consumers.inc(),
+                Pushed::Closed => {}
+            }
+        }
+        drop(shard);
+        timer.observe_duration();
+        self.metrics.deliveries.inc_by(delivered as u64);
+        delivered
+    }
+}

@@ -1,0 +1,212 @@
+//! Metrics: every metric the node exports, registered in one place, and the `/metrics` text.
+//! Names follow Prometheus conventions (`gateway_` prefix, `_total` counters, base units); no
+//! per-topic labels (unbounded cardinality).
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of a node. Cheap to update (atomics); shared through `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Live sessions by transport.
+    pub sessions: IntGaugeVec,
+    /// Accepted connections by transport.
+    pub connects: IntCounterVec,
+    /// Refused connection attempts by reason (`vsn`, `origin`, `auth`, `draining`, …).
+    pub connect_refusals: IntCounterVec,
+    /// Ended sessions by reason.
+    pub disconnects: IntCounterVec,
+    /// Successful joins.
+    pub joins: IntCounter,
+    /// Refused or failed joins by reason.
+    pub join_errors: IntCounterVec,
+    /// Channels left (leave, close, crash, session end).
+    pub leaves: IntCounter,
+    /// Channel handler failures (error or panic) that produced `phx_error`.
+    pub channel_crashes: IntCounter,
+    /// Messages received from clients, by kind (`text`, `binary`).
+    pub messages_in: IntCounterVec,
+    /// Bytes received from clients (WebSocket payloads).
+    pub bytes_in: IntCounter,
+    /// Bytes written to clients.
+    pub bytes_out: IntCounter,
+    /// Write system calls (vectored writes carry several frames).
+    pub writes: IntCounter,
+    /// Frames written to clients.
+    pub frames_out: IntCounter,
+    /// Topics with at least one local subscriber.
+    pub topics: IntGauge,
+    /// Sessions a broadcast was queued for.
+    pub deliveries: IntCounter,
+    /// Time to fan one broadcast out to this node's subscribers.
+    pub fanout_seconds: Histogram,
+    /// Sessions closed because their outbox overflowed.
+    pub slow_consumers: IntCounter,
+    /// Sessions closed by a `disconnect` broadcast on their id topic.
+    pub forced_disconnects: IntCounter,
+    /// Broadcasts a subscriber's wire format could not carry (binary to V1 or long-poll).
+    pub unencodable: IntCounter,
+    /// Broadcasts published by this node (channels and HTTP API).
+    pub broadcasts: IntCounter,
+    /// 1 while the node drains.
+    pub draining: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric in a fresh registry (one per node, so in-process test nodes do not
+    /// share counters).
+    pub fn new() -> Self {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        let sessions = IntGaugeVec::new(
+            Opts::new("gateway_sessions", "Live sessions by transport."),
+            &["transport"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(sessions.clone()))
+            .expect("unique metric");
+        let fanout_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_fanout_duration_seconds",
+                "Time to queue one broadcast for every local subscriber.",
+            )
+            .buckets(exponential_buckets(0.00001, 4.0, 10).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        r.register(Box::new(fanout_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            sessions,
+            connects: counter_vec(
+                &r,
+                "gateway_connects_total",
+                "Accepted connections by transport.",
+                &["transport"],
+            ),
+            connect_refusals: counter_vec(
+                &r,
+                "gateway_connect_refusals_total",
+                "Refused connection attempts by reason.",
+                &["reason"],
+            ),
+            disconnects: counter_vec(
+                &r,
+                "gateway_disconnects_total",
+                "Ended sessions by reason.",
+                &["reason"],
+            ),
+            joins: counter(&r, "gateway_joins_total", "Successful channel joins."),
+            join_errors: counter_vec(
+                &r,
+                "gateway_join_errors_total",
+                "Refused or failed joins by reason.",
+                &["reason"],
+            ),
+            leaves: counter(
+                &r,
+                "gateway_leaves_total",
+                "Channels ended (leave, close, crash, session end).",
+            ),
+            channel_crashes: counter(
+                &r,
+                "gateway_channel_crashes_total",
+                "Channel handler failures answered with phx_error.",
+            ),
+            messages_in: counter_vec(
+                &r,
+                "gateway_messages_received_total",
+                "Messages received from clients by kind.",
+                &["kind"],
+            ),
+            bytes_in: counter(
+                &r,
+                "gateway_received_bytes_total",
+                "Message bytes received from clients.",
+            ),
+            bytes_out: counter(&r, "gateway_sent_bytes_total", "Bytes written to clients."),
+            writes: counter(
+                &r,
+                "gateway_socket_writes_total",
+                "Write system calls to client sockets.",
+            ),
+            frames_out: counter(
+                &r,
+                "gateway_frames_sent_total",
+                "Frames written to clients.",
+            ),
+            topics: gauge(
+                &r,
+                "gateway_topics",
+                "Topics with at least one local subscriber.",
+            ),
+            deliveries: counter(
+                &r,
+                "gateway_broadcast_deliveries_total",
+                "Sessions a broadcast was queued for.",
+            ),
+            fanout_seconds,
+            slow_consumers: counter(
+                &r,
+                "gateway_slow_consumer_disconnects_total",
+                "Sessions closed because their outbox overflowed.",
+            ),
+            forced_disconnects: counter(
+                &r,
+                "gateway_forced_disconnects_total",
+                "Sessions closed by a disconnect broadcast.",
+            ),
+            unencodable: counter(
+                &r,
+                "gateway_unencodable_broadcasts_total",
+                "Broadcast deliveries skipped because the session's wire format cannot carry them.",
+            ),
+            broadcasts: counter(
+                &r,
+                "gateway_broadcasts_total",
+                "Broadcasts published by this node.",
+            ),
+            draining: gauge(&r, "gateway_draining", "1 while the node is draining."),
+            registry: r,
+        }
+    }
+
+    /// Render the Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,188 @@
+//! The Outbox: a session's bounded queue of frames waiting to be written, shared between the
+//! fan-out path (any task may push) and the session's own task (the only consumer).
+//!
+//! Nothing is allocated while it is empty. A push never blocks: when a session's queue passes its
+//! limits the session is marked for closing with `SLOW_CONSUMER`, the queued frames are dropped
+//! and the pusher moves on, so one slow reader never slows a broadcast down.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::close::{Close, CloseCode};
+use crate::pubsub::Broadcast;
+
+/// One queued item.
+#[derive(Debug)]
+pub enum OutItem {
+    /// Bytes ready for the transport (a whole WebSocket frame, or a long-poll message).
+    Frame(Bytes),
+    /// A broadcast of an event the session's channel intercepts: the session's task runs the
+    /// channel's `handle_out` on it and encodes the result itself.
+    Intercept(Arc<Broadcast>),
+}
+
+impl OutItem {
+    fn weight(&self) -> usize {
+        match self {
+            OutItem::Frame(b) => b.len(),
+            OutItem::Intercept(b) => b.payload.bytes().len(),
+        }
+    }
+}
+
+/// Limits that make a session a slow consumer.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboxLimits {
+    /// Most items queued at once.
+    pub max_items: usize,
+    /// Most bytes queued at once.
+    pub max_bytes: usize,
+}
+
+/// What happened to a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; the session's task was woken.
+    Queued,
+    /// The push overflowed the limits: the session is now closing as a slow consumer.
+    Overflow,
+    /// The session is already closing; the item was dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Items in send order.
+    items: VecDeque<OutItem>,
+    /// Sum of the queued items' sizes.
+    bytes: usize,
+    /// The close the node decided on; once set, data pushes are refused.
+    close: Option<Close>,
+}
+
+/// A session's outbox.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Queue and close request, behind one short-held lock.
+    state: Mutex<State>,
+    /// Wakes the session's task after a push or a close request.
+    wake: Notify,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (each critical
+        // section is a single push/take), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue an item, enforcing `limits`.
+    pub fn push(&self, item: OutItem, limits: OutboxLimits) -> Pushed {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closed;
+        }
+        let weight = item.weight();
+        if s.items.len() >= limits.max_items || s.bytes + weight > limits.max_bytes {
+            s.items = VecDeque::new();
+            s.bytes = 0;
+            s.close = Some(Close::new(CloseCode::SLOW_CONSUMER, "slow consumer"));
+            drop(s);
+            self.wake.notify_one();
+            return Pushed::Overflow;
+        }
+        s.bytes += weight;
+        let was_empty = s.items.is_empty();
+        s.items.push_back(item);
+        drop(s);
+        // Only the first item of a batch needs a wake-up; the task takes everything at once.
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Ask the session to close after writing what is already queued. The first request wins.
+    pub fn close(&self, close: Close) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(close);
+        }
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Move every queued item into `into` and return the pending close request, if any.
+    pub fn take(&self, into: &mut VecDeque<OutItem>) -> Option<Close> {
+        let mut s = self.lock();
+        if into.is_empty() {
+            std::mem::swap(into, &mut s.items);
+        } else {
+            into.extend(s.items.drain(..));
+        }
+        s.bytes = 0;
+        s.close
+    }
+
+    /// The pending close request, if any.
+    pub fn close_requested(&self) -> Option<Close> {
+        self.lock().close
+    }
+
+    /// Wait until something is pushed or a close is requested (a wake-up that happened while
+    /// nobody waited is remembered).
+    pub async fn wait(&self) {
+        self.wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: OutboxLimits = OutboxLimits {
+        max_items: 3,
+        max_bytes: 10,
+    };
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_and_frees_the_queue() {
+        let o = Outbox::default();
+        assert_eq!(
+            o.push(OutItem::Frame(Bytes::from_static(b"1234")), LIMITS),
+            Pushed::Queued
+        );
+        assert_eq!(
+            o.push(OutItem::Frame(Bytes::from_static(b"1234")), LIMITS),
+            Pushed::Queued
+        );
+        assert_eq!(
+            o.push(OutItem::Frame(Bytes::from_static(b"1234")), LIMITS),
+            Pushed::Overflow
+        );
+        assert_eq!(
+            o.push(OutItem::Frame(Bytes::from_static(b"1")), LIMITS),
+            Pushed::Closed
+        );
+        let mut q = VecDeque::new();
+        assert_eq!(
+            o.take(&mut q).map(|c| c.code),
+            Some(CloseCode::SLOW_CONSUMER)
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn close_keeps_queued_items_and_first_close_wins() {
+        let o = Outbox::default();
+        o.push(OutItem::Frame(Bytes::from_static(b"a")), LIMITS);
+        o.close(Close::new(CloseCode::RESTART, "drain"));
+        o.close(Close::new(CloseCode::GOING_AWAY, "later"));
+        let mut q = VecDeque::new();
+        assert_eq!(o.take(&mut q).map(|c| c.code), Some(CloseCode::RESTART));
+        assert_eq!(q.len(), 1);
+    }
+}

@@ -1,0 +1,367 @@
+//! The WebSocket connection driver: one task per connection, parked on socket readiness while
+//! idle. No read buffer exists while nothing is in flight (it is allocated when bytes arrive and
+//! dropped once every complete frame is consumed), and there is no writer task: the same task
+//! writes whatever the outbox holds, several frames per vectored write when they queued up.
+//!
+//! Readiness waits (`readable`, `writable`, outbox wake-ups) are cancel-safe, so they can share
+//! one `select!`; the non-cancel-safe work (parsing and handling frames) runs outside it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::codec::{
+    encode_close, encode_frame, parse_close, parse_frame, Assembler, FrameError, OpCode,
+};
+use crate::metrics::Metrics;
+use crate::pubsub::Broadcast;
+use crate::session::{Clock, Close, CloseCode, OutItem, OutboxLimits, SessionHandle};
+
+/// What a transport hands complete messages to.
+pub trait Handler: Send {
+    /// A complete text (`text == true`, valid UTF-8) or binary message.
+    fn on_message(
+        &mut self,
+        text: bool,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), Close>> + Send;
+    /// An intercepted broadcast taken from the outbox; returns the frame to write in its place.
+    fn on_intercept(&mut self, msg: Arc<Broadcast>) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// Limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Largest message (also across fragments).
+    pub max_message: usize,
+    /// Outbox limits for control frames the driver queues itself (pongs).
+    pub outbox: OutboxLimits,
+}
+
+/// How the connection ended, for logs and the disconnect metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed (close frame or EOF).
+    ByClient,
+    /// The node closed with this code.
+    ByServer(CloseCode),
+    /// An I/O error.
+    Error,
+}
+
+impl Ended {
+    /// Label for `gateway_disconnects_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ended::ByClient => "client",
+            Ended::Error => "io_error",
+            Ended::ByServer(c) => match c {
+                CloseCode::GOING_AWAY => "forced",
+                CloseCode::RESTART => "drain",
+                CloseCode::PROTOCOL_ERROR => "protocol_error",
+                CloseCode::INVALID_DATA => "invalid_utf8",
+                CloseCode::TOO_BIG => "too_big",
+                CloseCode::UNSUPPORTED_DATA => "unsupported_data",
+                CloseCode::IDLE_TIMEOUT => "idle_timeout",
+                CloseCode::SLOW_CONSUMER => "slow_consumer",
+                CloseCode::BAD_MESSAGE => "bad_message",
+                _ => "server",
+            },
+        }
+    }
+}
+
+const MAX_IOV: usize = 64;
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// One WebSocket connection.
+pub struct Conn<'a> {
+    stream: TcpStream,
+    session: &'a SessionHandle,
+    metrics: &'a Metrics,
+    clock: &'a Clock,
+    limits: ConnLimits,
+    /// Bytes read but not yet parsed; `None` while idle.
+    rbuf: Option<BytesMut>,
+    /// Fragmented message in progress.
+    asm: Assembler,
+    /// Items taken from the outbox, not yet fully written.
+    pending: VecDeque<OutItem>,
+    /// Bytes of `pending`'s front frame already written.
+    offset: usize,
+}
+
+enum Step {
+    Continue,
+    Close(Close),
+    ClientClose(Option<CloseCode>),
+    Eof,
+}
+
+impl<'a> Conn<'a> {
+    /// Wrap an upgraded stream; `leftover` holds bytes that arrived with the handshake.
+    pub fn new(
+        stream: TcpStream,
+        leftover: Bytes,
+        session: &'a SessionHandle,
+        metrics: &'a Metrics,
+        clock: &'a Clock,
+        limits: ConnLimits,
+    ) -> Self {
+        let rbuf = (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..]));
+        Conn {
+            stream,
+            session,
+            metrics,
+            clock,
+            limits,
+            rbuf,
+            asm: Assembler::default(),
+            pending: VecDeque::new(),
+            offset: 0,
+        }
+    }
+
+    /// Run until the connection ends.
+    pub async fn run<H: Handler>(mut self, handler: &mut H) -> Ended {
+        let ended = match self.serve(handler).await {
+            Ok(Step::Close(close)) => {
+                self.close(close, handler).await;
+                Ended::ByServer(close.code)
+            }
+            Ok(Step::ClientClose(code)) => {
+                let frame = match code {
+                    Some(c) => encode_close(c, ""),
+                    None => encode_frame(OpCode::Close, &[]),
+                };
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.stream.write_all(&frame)).await;
+                Ended::ByClient
+            }
+            Ok(Step::Eof) | Ok(Step::Continue) => Ended::ByClient,
+            Err(_) => Ended::Error,
+        };
+        let _ = self.stream.shutdown().await;
+        ended
+    }
+
+    async fn serve<H: Handler>(&mut self, handler: &mut H) -> io::Result<Step> {
+        // Bytes that came with the handshake are handled before waiting for more.
+        if self.rbuf.is_some() {
+            if let s @ (Step::Close(_) | Step::ClientClose(_) | Step::Eof) =
+                self.parse(handler).await
+            {
+                return Ok(s);
+            }
+        }
+        loop {
+            if let Some(close) = self.flush(handler).await? {
+                return Ok(Step::Close(close));
+            }
+            let session = self.session;
+            tokio::select! {
+                biased;
+                () = session.outbox.wait() => continue,
+                r = self.stream.writable(), if !self.pending.is_empty() => { r?; continue }
+                r = self.stream.readable() => r?,
+            }
+            match self.read(handler).await? {
+                Step::Continue => {}
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn read<H: Handler>(&mut self, handler: &mut H) -> io::Result<Step> {
+        let buf = self
+            .rbuf
+            .get_or_insert_with(|| BytesMut::with_capacity(4096));
+        match self.stream.try_read_buf(buf) {
+            Ok(0) => return Ok(Step::Eof),
+            Ok(n) => self.metrics.bytes_in.inc_by(n as u64),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    self.rbuf = None;
+                }
+                return Ok(Step::Continue);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(self.parse(handler).await)
+    }
+
+    async fn parse<H: Handler>(&mut self, handler: &mut H) -> Step {
+        loop {
+            let Some(buf) = self.rbuf.as_mut() else {
+                return Step::Continue;
+            };
+            let frame = match parse_frame(buf, self.limits.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    if buf.is_empty() {
+                        self.rbuf = None; // idle again: give the buffer back
+                    }
+                    return Step::Continue;
+                }
+                Err(e) => return Step::Close(frame_close(e)),
+            };
+            self.session.touch(self.clock);
+            match frame.opcode {
+                OpCode::Ping => {
+                    self.session.outbox.push(
+                        OutItem::Frame(encode_frame(OpCode::Pong, &frame.payload)),
+                        self.limits.outbox,
+                    );
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    return match parse_close(&frame.payload) {
+                        Ok(code) => Step::ClientClose(code),
+                        Err(e) => Step::Close(frame_close(e)),
+                    };
+                }
+                _ => match self.asm.push(frame, self.limits.max_message) {
+                    Ok(None) => {}
+                    Ok(Some((op, data))) => {
+                        let text = op == OpCode::Text;
+                        if text && std::str::from_utf8(&data).is_err() {
+                            return Step::Close(frame_close(FrameError::InvalidUtf8));
+                        }
+                        self.metrics
+                            .messages_in
+                            .with_label_values(&[if text { "text" } else { "binary" }])
+                            .inc();
+                        if let Err(close) = handler.on_message(text, data).await {
+                            return Step::Close(close);
+                        }
+                    }
+                    Err(e) => return Step::Close(frame_close(e)),
+                },
+            }
+        }
+    }
+
+    /// Write what the outbox holds without blocking. Returns the close request once everything
+    /// queued before it is written.
+    async fn flush<H: Handler>(&mut self, handler: &mut H) -> io::Result<Option<Close>> {
+        loop {
+            let close = if self.pending.is_empty() {
+                self.session.outbox.take(&mut self.pending)
+            } else {
+                None
+            };
+            if self.pending.is_empty() {
+                return Ok(close.or_else(|| self.session.outbox.close_requested()));
+            }
+            self.resolve_intercepts(handler).await;
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for (i, item) in self.pending.iter().take(MAX_IOV).enumerate() {
+                if let OutItem::Frame(b) = item {
+                    iov[n_iov] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                    n_iov += 1;
+                }
+            }
+            match self.stream.try_write_vectored(&iov[..n_iov]) {
+                Ok(n) => {
+                    self.metrics.writes.inc();
+                    self.metrics.bytes_out.inc_by(n as u64);
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn resolve_intercepts<H: Handler>(&mut self, handler: &mut H) {
+        let mut i = 0;
+        while i < self.pending.len().min(MAX_IOV) {
+            if let OutItem::Intercept(msg) = &self.pending[i] {
+                let msg = msg.clone();
+                match handler.on_intercept(msg).await {
+                    Some(frame) => self.pending[i] = OutItem::Frame(frame),
+                    None => {
+                        self.pending.remove(i);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(OutItem::Frame(front)) = self.pending.front_mut() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.pending.pop_front();
+            self.metrics.frames_out.inc();
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 16 {
+            self.pending = VecDeque::new(); // do not keep a burst's queue on an idle session
+        }
+    }
+
+    /// Server-initiated close: write what is queued (bounded in time), the close frame, then
+    /// wait briefly for the client's close before dropping the connection.
+    async fn close<H: Handler>(&mut self, close: Close, handler: &mut H) {
+        if close.code == CloseCode::SLOW_CONSUMER {
+            self.pending.clear();
+            self.offset = 0;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while !self.pending.is_empty() {
+                if self.flush(handler).await.is_err() {
+                    return;
+                }
+                if !self.pending.is_empty() && self.stream.writable().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if self.offset > 0 {
+            return; // a frame is half written: a close frame now would corrupt the stream
+        }
+        let frame = encode_close(close.code, close.reason);
+        if tokio::time::timeout(CLOSE_LINGER, self.stream.write_all(&frame))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            let mut sink = [0u8; 512];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut self.stream, &mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
+
+fn frame_close(e: FrameError) -> Close {
+    let reason = match e {
+        FrameError::Protocol(_) => "protocol error",
+        FrameError::TooBig => "message too big",
+        FrameError::InvalidUtf8 => "invalid utf-8",
+    };
+    Close::new(e.close_code(), reason)
+}

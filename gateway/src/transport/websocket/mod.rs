@@ -1,0 +1,308 @@
+//! The WebSocket transport: the `/socket/websocket` handshake (serializer negotiation by `vsn`,
+//! Origin check, the phoenix.js `authToken` subprotocol, token verification — every refusal is an
+//! HTTP answer before the upgrade) and the glue from a connection to its Session.
+
+pub mod codec;
+mod conn;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+pub use conn::{Conn, ConnLimits, Ended, Handler};
+
+use super::{Framing, Wire};
+use crate::auth::Claims;
+use crate::node::Node;
+use crate::protocol::{negotiate, ProtocolError, Serializer};
+use crate::pubsub::Broadcast;
+use crate::session::{Close, CloseCode, Session, TransportKind};
+
+/// Prefix of the subprotocol that carries phoenix.js's `authToken`.
+const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+
+/// Query parameters the handshake uses. For repeated keys the last value wins (Plug semantics).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConnectParams {
+    /// `vsn`.
+    pub vsn: Option<String>,
+    /// `token`.
+    pub token: Option<String>,
+}
+
+impl ConnectParams {
+    /// Parse a query string.
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut p = ConnectParams::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "vsn" => p.vsn = Some(v.into_owned()),
+                "token" => p.token = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// Whether `origin` passes the allow-list (empty list or no Origin header: allowed).
+pub fn origin_allowed(allow: &[String], origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    if allow.is_empty() {
+        return true;
+    }
+    let split = |s: &str| -> Option<(String, String, Option<String>)> {
+        let (scheme, rest) = s.split_once("://")?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p.to_owned())),
+            _ => (rest, None),
+        };
+        Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), port))
+    };
+    let Some((scheme, host, port)) = split(origin) else {
+        return false;
+    };
+    allow.iter().filter_map(|a| split(a)).any(|(s, h, p)| {
+        let host_ok = match h.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")) || host == suffix,
+            None => host == h,
+        };
+        s == scheme && host_ok && (p.is_none() || p == port)
+    })
+}
+
+/// The `authToken` from `Sec-WebSocket-Protocol`, and whether the client offered `phoenix`.
+fn auth_token(headers: &HeaderMap) -> (Option<String>, bool) {
+    let mut token = None;
+    let mut phoenix = false;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for proto in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            if proto == "phoenix" {
+                phoenix = true;
+            } else if let Some(b64) = proto.strip_prefix(AUTH_TOKEN_PREFIX) {
+                let b64 = b64.trim_end_matches('=');
+                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(b64)
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64));
+                token = bytes.ok().and_then(|b| String::from_utf8(b).ok());
+            }
+        }
+    }
+    (token, phoenix)
+}
+
+fn refuse(node: &Node, status: StatusCode, reason: &'static str) -> Response {
+    node.metrics
+        .connect_refusals
+        .with_label_values(&[reason])
+        .inc();
+    debug!(reason, "websocket connect refused");
+    let mut resp = status.into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+/// Whether a request asks for a WebSocket upgrade.
+fn is_upgrade(req: &Request) -> bool {
+    fastwebsockets::upgrade::is_upgrade_request(req)
+}
+
+/// `GET /socket/websocket`.
+pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    if !is_upgrade(&req) {
+        return refuse(&node, StatusCode::BAD_REQUEST, "not_upgrade");
+    }
+    if node.is_draining() {
+        return refuse(&node, StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    let params = ConnectParams::parse(req.uri().query());
+    let serializer = match negotiate(params.vsn.as_deref()) {
+        Ok(s) => s,
+        Err(ProtocolError::UnsupportedVsn(_)) | Err(_) => {
+            return refuse(&node, StatusCode::FORBIDDEN, "vsn")
+        }
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if !origin_allowed(&node.config.check_origin, origin) {
+        return refuse(&node, StatusCode::FORBIDDEN, "origin");
+    }
+    let (sub_token, offered_phoenix) = auth_token(req.headers());
+    let claims = match node
+        .auth
+        .verify(sub_token.as_deref().or(params.token.as_deref()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "token refused");
+            return refuse(&node, StatusCode::FORBIDDEN, "auth");
+        }
+    };
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(_) => return refuse(&node, StatusCode::BAD_REQUEST, "handshake"),
+    };
+    let mut resp = resp.map(Body::new);
+    if offered_phoenix {
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("phoenix"),
+        );
+    }
+    let wire = Wire {
+        serializer,
+        framing: Framing::WebSocket,
+    };
+    tokio::spawn(async move {
+        if let Some((stream, leftover)) = finish_upgrade(fut).await {
+            run_session(node, stream, leftover, wire, claims).await;
+        }
+    });
+    resp
+}
+
+/// Recover the raw `TcpStream` from hyper's upgrade (the node serves HTTP/1 itself so this
+/// works), keeping any bytes that arrived with the handshake and dropping hyper's buffer.
+pub(crate) async fn finish_upgrade(
+    fut: fastwebsockets::upgrade::UpgradeFut,
+) -> Option<(TcpStream, Bytes)> {
+    let upgraded = fut.await.ok()?.into_inner().into_inner();
+    let hyper::upgrade::Parts { io, read_buf, .. } =
+        upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    let leftover = Bytes::copy_from_slice(&read_buf);
+    drop(read_buf);
+    Some((io.into_inner(), leftover))
+}
+
+/// Connection limits of Phoenix sessions.
+fn limits(node: &Node) -> ConnLimits {
+    ConnLimits {
+        max_message: node.config.max_message_size,
+        outbox: node.limits,
+    }
+}
+
+async fn run_session(
+    node: Arc<Node>,
+    stream: TcpStream,
+    leftover: Bytes,
+    wire: Wire,
+    claims: Option<Claims>,
+) {
+    let _ = stream.set_nodelay(true);
+    let handle = node.registry.register(TransportKind::WebSocket);
+    let mut handler = PhoenixHandler {
+        session: Session::new(node.clone(), handle.clone(), wire, claims),
+        serializer: wire.serializer,
+    };
+    let ended = Conn::new(
+        stream,
+        leftover,
+        &handle,
+        &node.metrics,
+        &node.registry.clock,
+        limits(&node),
+    )
+    .run(&mut handler)
+    .await;
+    handler.session.close(ended.label()).await;
+}
+
+/// Decodes WebSocket messages for a Session.
+struct PhoenixHandler {
+    session: Session,
+    serializer: Serializer,
+}
+
+impl Handler for PhoenixHandler {
+    async fn on_message(&mut self, text: bool, data: Bytes) -> Result<(), Close> {
+        let msg = if text {
+            self.serializer.decode_text(&data)
+        } else {
+            self.serializer.decode_binary(data)
+        };
+        match msg {
+            // Boxed so the idle connection's future does not carry the handler's state.
+            Ok(m) => Box::pin(self.session.handle(m)).await,
+            Err(ProtocolError::BinaryUnsupported) => {
+                return Err(Close::new(
+                    CloseCode::UNSUPPORTED_DATA,
+                    "binary frames need vsn 2.0.0",
+                ))
+            }
+            Err(e) => {
+                debug!(error = %e, "undecodable message");
+                return Err(Close::new(CloseCode::BAD_MESSAGE, "malformed message"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_intercept(&mut self, msg: Arc<Broadcast>) -> Option<Bytes> {
+        Box::pin(self.session.intercept(msg)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_query_value_wins() {
+        let p = ConnectParams::parse(Some("token=user&vsn=2.0.0&token=session"));
+        assert_eq!(
+            p,
+            ConnectParams {
+                vsn: Some("2.0.0".into()),
+                token: Some("session".into())
+            }
+        );
+        assert_eq!(ConnectParams::parse(None), ConnectParams::default());
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let allow = vec![
+            "https://example.com".to_owned(),
+            "https://*.corp.io:8443".to_owned(),
+        ];
+        assert!(origin_allowed(&allow, None));
+        assert!(origin_allowed(&[], Some("https://evil.com")));
+        assert!(origin_allowed(&allow, Some("https://example.com")));
+        assert!(origin_allowed(&allow, Some("https://example.com:444")));
+        assert!(!origin_allowed(&allow, Some("http://example.com")));
+        assert!(!origin_allowed(&allow, Some("https://evil.com")));
+        assert!(origin_allowed(&allow, Some("https://a.corp.io:8443")));
+        assert!(!origin_allowed(&allow, Some("https://a.corp.io:9000")));
+        assert!(!origin_allowed(&allow, Some("garbage")));
+    }
+
+    #[test]
+    fn reads_the_auth_token_subprotocol() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("phoenix, base64url.bearer.phx.c2VjcmV0"),
+        );
+        assert_eq!(auth_token(&h), (Some("secret".into()), true));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("base64url.bearer.phx.c2VjcmV0PT0="),
+        );
+        assert_eq!(auth_token(&h).0.as_deref(), Some("secret=="));
+    }
+}
