@@ -117,12 +117,20 @@ fn start_gateway() -> Gateway {
     };
     match port_rx.recv_timeout(STARTUP_TIMEOUT) {
         Ok(port) => gateway.port = port,
-        Err(_) => panic!(
-            "the gateway printed no `listening on http://IP:PORT` line within {STARTUP_TIMEOUT:?} \
-             (exit status {:?}):\n{}",
-            gateway.child.try_wait().ok().flatten(),
-            gateway.log_text()
-        ),
+        Err(e) => {
+            // stdout closed without the line: the process is exiting, let it finish to report how
+            let status = match e {
+                mpsc::RecvTimeoutError::Disconnected => {
+                    wait_with_timeout(&mut gateway.child, Duration::from_secs(5))
+                }
+                mpsc::RecvTimeoutError::Timeout => None,
+            };
+            panic!(
+                "the gateway printed no `listening on http://IP:PORT` line within {STARTUP_TIMEOUT:?} \
+                 (exit status {status:?}):\n{}",
+                gateway.log_text()
+            )
+        }
     }
     gateway
 }
