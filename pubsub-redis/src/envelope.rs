@@ -1,0 +1,256 @@
+//! The wire format of every message this crate puts into Redis: a versioned MessagePack map.
+//!
+//! It is written with `rmp_serde::to_vec_named` (a map keyed by field name, not a positional
+//! array) so that a backend in any language can build one with an ordinary MessagePack library
+//! and `PUBLISH` it straight into Redis (see the crate README). The payload travels as msgpack
+//! `bin` (already-encoded JSON text, or raw binary when `binary` is true): receiving nodes frame
+//! it without parsing it. Decoding rejects any version other than [`VERSION`] with
+//! [`DecodeError::Version`]; the dispatcher counts such messages instead of panicking.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The only envelope version this build reads and writes.
+pub const VERSION: u8 = 1;
+
+/// One message between nodes (or from a backend to the nodes).
+///
+/// Field names are part of the wire contract; add fields only as optional ones, and bump
+/// [`VERSION`] for anything a v1 reader would misread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Wire version; always [`VERSION`] when built by this crate.
+    pub v: u8,
+    /// Publisher node id; `""` for an external backend. Nodes drop topic messages whose origin
+    /// is their own id (their local subscribers already got it from the local fan-out).
+    #[serde(default)]
+    pub origin: String,
+    /// The topic, e.g. `room:42`. Must equal the topic of the Redis channel it travels on.
+    pub topic: String,
+    /// The event name, e.g. `new_msg`.
+    pub event: String,
+    /// The payload bytes: encoded JSON text when `binary` is false, raw bytes otherwise.
+    /// Decoding also accepts a msgpack `str` here, for backends whose library packs text so.
+    #[serde(with = "payload_bytes")]
+    pub payload: Bytes,
+    /// True when `payload` is raw binary (a Phoenix binary push) rather than JSON text.
+    #[serde(default)]
+    pub binary: bool,
+}
+
+/// Why bytes read from Redis are not a usable [`Envelope`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A well-formed envelope of a version this build does not speak.
+    #[error("unsupported envelope version {found} (this node reads version {VERSION})")]
+    Version {
+        /// The version field found in the message.
+        found: u8,
+    },
+    /// Not a MessagePack map with the envelope's fields.
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+}
+
+/// Why an [`Envelope`] could not be encoded (in practice never; kept typed, not unwrapped).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode envelope: {0}")]
+pub struct EncodeError(#[from] rmp_serde::encode::Error);
+
+impl Envelope {
+    /// Builds a current-version envelope.
+    pub fn new(
+        origin: impl Into<String>,
+        topic: impl Into<String>,
+        event: impl Into<String>,
+        payload: impl Into<Bytes>,
+        binary: bool,
+    ) -> Self {
+        Envelope {
+            v: VERSION,
+            origin: origin.into(),
+            topic: topic.into(),
+            event: event.into(),
+            payload: payload.into(),
+            binary,
+        }
+    }
+
+    /// Encodes as a MessagePack map (field names included).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        Ok(rmp_serde::to_vec_named(self)?)
+    }
+
+    /// Decodes and checks the version. Unknown extra fields are ignored (forward compatible
+    /// additions within a version); `origin` and `binary` default to `""` and `false`.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        match rmp_serde::from_slice::<Envelope>(bytes) {
+            Ok(env) if env.v == VERSION => Ok(env),
+            Ok(env) => Err(DecodeError::Version { found: env.v }),
+            Err(err) => {
+                // A future version may change fields so that the full decode fails; report the
+                // version then, since that is the actionable cause.
+                #[derive(Deserialize)]
+                struct Probe {
+                    v: u8,
+                }
+                match rmp_serde::from_slice::<Probe>(bytes) {
+                    Ok(probe) if probe.v != VERSION => Err(DecodeError::Version { found: probe.v }),
+                    _ => Err(DecodeError::Malformed(err)),
+                }
+            }
+        }
+    }
+}
+
+/// serde adapter: `Bytes` as msgpack `bin`, reading `bin` or `str`.
+mod payload_bytes {
+    use bytes::Bytes;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(bytes: &Bytes, ser: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(bytes.as_ref(), ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Bytes, D::Error> {
+        de.deserialize_byte_buf(PayloadVisitor)
+    }
+
+    struct PayloadVisitor;
+
+    impl<'de> Visitor<'de> for PayloadVisitor {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("payload bytes (msgpack bin or str)")
+        }
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v.as_bytes()))
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+        // An array of small ints is what `Vec<u8>` without serde_bytes produces; accept it so
+        // such publishers work, slowly.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope::new(
+            "node-a",
+            "room:1",
+            "new_msg",
+            &br#"{"body":"hi"}"#[..],
+            false,
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let env = sample();
+        let bytes = env.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        let bin = Envelope::new("", "t", "e", vec![0u8, 255, 7], true);
+        assert_eq!(Envelope::decode(&bin.encode().unwrap()).unwrap(), bin);
+    }
+
+    #[test]
+    fn encodes_as_named_map_with_bin_payload() {
+        let bytes = sample().encode().unwrap();
+        // fixmap with 6 entries, first key "v".
+        assert_eq!(bytes[0], 0x86);
+        assert_eq!(&bytes[1..3], &[0xa1, b'v']);
+        // payload is `bin 8` (0xc4) followed by its length, not an array of ints.
+        let body = br#"{"body":"hi"}"#;
+        let needle = [&[0xc4, body.len() as u8][..], &body[..]].concat();
+        assert!(bytes.windows(needle.len()).any(|w| w == needle.as_slice()));
+    }
+
+    #[test]
+    fn version_mismatch_is_rejected() {
+        let mut env = sample();
+        env.v = 2;
+        let bytes = rmp_serde::to_vec_named(&env).unwrap();
+        match Envelope::decode(&bytes) {
+            Err(DecodeError::Version { found: 2 }) => {}
+            other => panic!("expected version error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn future_version_with_other_fields_reports_version() {
+        #[derive(Serialize)]
+        struct V3 {
+            v: u8,
+            frames: Vec<u32>,
+        }
+        let bytes = rmp_serde::to_vec_named(&V3 {
+            v: 3,
+            frames: vec![1],
+        })
+        .unwrap();
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::Version { found: 3 })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_panic() {
+        for garbage in [
+            &b""[..],
+            b"\xff\xff\xff",
+            b"hello world",
+            &[0x81, 0xa1, b'v'],
+        ] {
+            assert!(matches!(
+                Envelope::decode(garbage),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn backend_style_map_with_str_payload_and_defaults() {
+        // What a minimal backend might send: no origin, no binary, payload packed as str.
+        #[derive(Serialize)]
+        struct Minimal<'a> {
+            v: u8,
+            topic: &'a str,
+            event: &'a str,
+            payload: &'a str,
+            extra: u32,
+        }
+        let bytes = rmp_serde::to_vec_named(&Minimal {
+            v: 1,
+            topic: "room:1",
+            event: "shout",
+            payload: "{}",
+            extra: 9,
+        })
+        .unwrap();
+        let env = Envelope::decode(&bytes).unwrap();
+        assert_eq!(env.origin, "");
+        assert!(!env.binary);
+        assert_eq!(&env.payload[..], b"{}");
+    }
+}

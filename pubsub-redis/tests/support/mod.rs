@@ -1,0 +1,80 @@
+//! Test support: real redis-server processes and awaiting helpers with deadlines.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod server;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use pubsub_redis::{Config, Health, Incoming, RedisPubSub};
+use tokio::sync::{mpsc, watch};
+
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A config for a test node against `urls`.
+pub fn config(urls: Vec<String>, node: &str) -> Config {
+    Config {
+        urls,
+        node_id: Some(node.to_owned()),
+        ..Config::default()
+    }
+}
+
+/// Starts a node and waits until it is ready.
+pub async fn node(config: Config) -> (RedisPubSub, mpsc::Receiver<Incoming>) {
+    let (node, rx) = RedisPubSub::start(config).await.expect("start");
+    wait_health(&node.health(), true, Duration::from_secs(5)).await;
+    (node, rx)
+}
+
+/// Waits until `ready` has the wanted value; returns how long that took.
+pub async fn wait_health(rx: &watch::Receiver<Health>, ready: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut rx = rx.clone();
+    let reached = tokio::time::timeout(within, rx.wait_for(|h| h.ready == ready))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let now = rx.borrow().clone();
+    assert!(
+        reached,
+        "health never became ready={ready} within {within:?}: {now:?}"
+    );
+    started.elapsed()
+}
+
+/// The next message, or `None` if nothing arrives within `within`.
+pub async fn recv(rx: &mut mpsc::Receiver<Incoming>, within: Duration) -> Option<Incoming> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}
+
+/// Polls `check` every 20 ms until it yields `Some` (for state only observable by asking
+/// Redis, such as PUBSUB NUMSUB); panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `PUBSUB NUMSUB channel` on a standalone server.
+pub async fn numsub(server: &server::RedisServer, channel: &str) -> u64 {
+    let (_, n): (String, u64) = server
+        .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
+        .await;
+    n
+}
