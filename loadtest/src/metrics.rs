@@ -81,6 +81,27 @@ fn parse_vmrss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// User + system CPU seconds of `pid` from `/proc/<pid>/stat` (10 ms resolution, finer than
+/// the whole seconds some Prometheus process collectors export).
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu(&stat)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds. USER_HZ is 100 on every Linux ABI
+/// this runs on, which avoids an unsafe `sysconf` call.
+fn parse_cpu(stat: &str) -> Option<f64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Sum of CPU seconds over `pids` (None if any is unreadable).
+pub fn proc_cpu_sum(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| proc_cpu_seconds(*p)).sum()
+}
+
 /// Sum of VmRSS over `pids` (None if any is unreadable).
 pub fn proc_rss_sum(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|p| proc_rss(*p)).sum()
@@ -113,5 +134,8 @@ mod tests {
         );
         let own = proc_rss(std::process::id()).unwrap();
         assert!(own > 0);
+        let line = "42 (a b) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(parse_cpu(line), Some(3.0));
+        assert!(proc_cpu_seconds(std::process::id()).is_some());
     }
 }

@@ -95,12 +95,16 @@ pub struct Capacity {
     pub proc_rss_loaded: Option<u64>,
     /// (loaded − baseline) VmRSS / sessions joined.
     pub bytes_per_session_proc: Option<f64>,
-    /// Server CPU seconds spent during the ramp.
+    /// Server CPU seconds spent during the ramp (`process_cpu_seconds_total`).
     pub cpu_seconds_ramp: f64,
-    /// Server CPU microseconds per connect+join.
-    pub cpu_us_per_join: Option<f64>,
     /// Server CPU seconds during the hold (idle sessions, heartbeats).
     pub cpu_seconds_hold: f64,
+    /// Server CPU seconds during the ramp from /proc/<pid>/stat (`--server-pid`).
+    pub proc_cpu_seconds_ramp: Option<f64>,
+    /// Server CPU seconds during the hold from /proc/<pid>/stat.
+    pub proc_cpu_seconds_hold: Option<f64>,
+    /// Server CPU microseconds per connect+join (from /proc when available).
+    pub cpu_us_per_join: Option<f64>,
 }
 
 /// Fan-out figures.

@@ -46,6 +46,8 @@ pub struct Session {
     hb_pending: Option<u32>,
     /// Ref whose reply the caller waits for, and the reply's status once it came.
     awaited: Option<(u32, Option<bool>)>,
+    /// A leave was sent: the `phx_close` that follows its reply is expected, not an error.
+    leaving: bool,
 }
 
 /// Result of one non-blocking read pass.
@@ -85,6 +87,7 @@ impl Session {
             seen: Vec::new(),
             hb_pending: None,
             awaited: None,
+            leaving: false,
         };
         s.send(&phoenix::join(1, &s.topic)).await?;
         match s.await_reply(1, join_timeout, stats).await? {
@@ -178,6 +181,7 @@ impl Session {
     /// Leaves the topic and waits (bounded) for the ok reply.
     pub async fn leave(&mut self, limit: Duration, stats: &Stats) -> Result<(), ErrorKind> {
         let r = self.take_ref();
+        self.leaving = true;
         let text = phoenix::leave(1, r, &self.topic);
         self.send(&text).await?;
         match self.await_reply(r, limit, stats).await {
@@ -278,7 +282,8 @@ impl Session {
                 let fresh = self.mark_seen(seq);
                 stats.delivered(now, now.saturating_sub(ts_us), fresh);
             }
-            Inbound::ChannelClosed => return Err(ErrorKind::Closed),
+            Inbound::ChannelClosed if !self.leaving => return Err(ErrorKind::Closed),
+            Inbound::ChannelClosed => {}
             Inbound::Other => {}
         }
         Ok(())

@@ -85,9 +85,12 @@ impl ErrorCounts {
     }
 }
 
-/// A fresh microsecond histogram (1 µs .. auto-resizing, 3 significant figures).
+/// Highest latency tracked without resizing: one hour in µs.
+const HIST_MAX_US: u64 = 3_600_000_000;
+
+/// A fresh microsecond histogram (1 µs .. 1 h, 3 significant figures).
 pub fn new_hist() -> Histogram<u64> {
-    let mut h = Histogram::new(3).expect("3 significant figures is valid");
+    let mut h = Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid bounds");
     h.auto(true);
     h
 }
@@ -186,7 +189,10 @@ impl Default for Stats {
 /// Records `v` into a shared histogram (a poisoned lock only means a panicked recorder).
 pub fn record(h: &Mutex<Histogram<u64>>, v: u64) {
     let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
-    g.saturating_record(v.max(1));
+    // `record` grows an auto-resizing histogram; `saturating_record` would clamp to its range.
+    if g.record(v.max(1)).is_err() {
+        g.saturating_record(v.max(1));
+    }
 }
 
 impl Stats {
@@ -292,5 +298,25 @@ pub struct WorkerStats {
 impl Default for WorkerStats {
     fn default() -> Self {
         Stats::default().snapshot(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_keep_large_values_and_round_trip() {
+        let s = Stats::default();
+        for v in [2u64, 900, 15_000, 2_500_000] {
+            record(&s.delivery, v);
+        }
+        let snap = s.snapshot(true);
+        let h = decode_hist(&snap.delivery_hist).unwrap();
+        assert_eq!(h.len(), 4);
+        assert!(h.max() >= 2_490_000, "max {}", h.max());
+        assert!(h.value_at_quantile(0.5) >= 890);
+        assert!(decode_hist("").unwrap().is_empty());
+        assert!(decode_hist("!!").is_err());
     }
 }

@@ -1,0 +1,215 @@
+//! Small runs of every scenario against a real gateway node started in-process (library
+//! `gateway::run` on 127.0.0.1:0), driving the real `loadtest` binary and checking that its JSON
+//! report is consistent with what was asked for.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A gateway node running in this test process; dropped = shut down.
+struct Node {
+    /// `ws://IP:PORT/socket/websocket`.
+    url: String,
+    /// Fires the shutdown future.
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start_node() -> Node {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(gateway::run(
+        listener,
+        gateway::Config::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Node {
+        url: format!("ws://{addr}/socket/websocket"),
+        stop: Some(tx),
+    }
+}
+
+/// Runs `loadtest ARGS --json FILE` off the async threads; returns (exit code, report).
+async fn loadtest(args: Vec<String>) -> (i32, Value) {
+    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "lt-{}-{}.json",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let json2 = json.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(&args)
+            .arg("--json")
+            .arg(&json2)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("loadtest bounded")
+        .unwrap();
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// Distinguishes report files of tests running in parallel.
+fn rand_suffix() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a u64: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_joins_every_session_and_reads_server_memory() {
+    let node = start_node().await;
+    let pid = std::process::id().to_string();
+    let (code, r) = loadtest(s(&[
+        "capacity",
+        "--url",
+        &node.url,
+        "-n",
+        "300",
+        "--workers",
+        "2",
+        "--hold-secs",
+        "1",
+        "--server-pid",
+        &pid,
+        "--topics",
+        "7",
+        "--fail-if",
+        "errors>0",
+        "--fail-if",
+        "failed>0",
+    ]))
+    .await;
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    assert_eq!(u(&r["sessions_requested"]), 300);
+    assert_eq!(u(&r["sessions_joined"]), 300);
+    assert_eq!(u(&r["sessions_failed"]), 0);
+    assert_eq!(u(&r["errors_total"]), 0);
+    assert_eq!(u(&r["connect_join"]["count"]), 300);
+    assert!(r["connect_join_rate"].as_f64().unwrap() > 0.0);
+    let cap = &r["capacity"];
+    assert_eq!(
+        cap["loaded"]["sessions"].as_f64().unwrap(),
+        300.0,
+        "server gauge sees every session"
+    );
+    assert!(cap["proc_rss_loaded"].as_u64().unwrap() > 0);
+    assert!(cap["bytes_per_session_proc"].is_number());
+    assert!(cap["bytes_per_session_metrics"].is_number());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_every_publish_to_every_subscriber() {
+    let node = start_node().await;
+    let (code, r) = loadtest(s(&[
+        "fanout",
+        "--url",
+        &node.url,
+        "-n",
+        "300",
+        "--workers",
+        "2",
+        "--topics",
+        "3",
+        "--publish-rate",
+        "20",
+        "--duration-secs",
+        "1",
+        "--fail-if",
+        "loss>0",
+    ]))
+    .await;
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    let f = &r["fanout"];
+    assert_eq!(u(&r["sessions_joined"]), 300);
+    assert_eq!(u(&f["publishes_ok"]), 20);
+    // 20 publishes over 3 topics = 7 + 7 + 6, each topic has 100 subscribers.
+    assert_eq!(u(&f["expected"]), 2000);
+    assert_eq!(u(&f["deliveries"]), 2000);
+    assert_eq!(u(&f["unique"]), 2000);
+    assert_eq!(u(&f["duplicates"]), 0);
+    assert_eq!(u(&f["loss"]), 0);
+    assert_eq!(u(&f["latency"]["count"]), 2000);
+    assert!(f["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_completes_every_cycle() {
+    let node = start_node().await;
+    let (code, r) = loadtest(s(&[
+        "churn",
+        "--url",
+        &node.url,
+        "-n",
+        "40",
+        "--workers",
+        "2",
+        "--cycles",
+        "200",
+        "--fail-if",
+        "errors>0",
+    ]))
+    .await;
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    let c = &r["churn"];
+    assert_eq!(u(&c["cycles"]), 200);
+    assert_eq!(u(&r["sessions_joined"]), 200);
+    assert_eq!(u(&c["leave_latency"]["count"]), 200);
+    assert_eq!(u(&r["errors_total"]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn violated_gate_exits_1_and_unjoinable_topic_counts_refusals() {
+    let node = start_node().await;
+    // `nope:*` matches no channel of the default config: every join is refused.
+    let (code, r) = loadtest(s(&[
+        "capacity",
+        "--url",
+        &node.url,
+        "-n",
+        "20",
+        "--hold-secs",
+        "0",
+        "--topic-prefix",
+        "nope:",
+        "--fail-if",
+        "failed>0",
+    ]))
+    .await;
+    assert_eq!(code, 1);
+    assert_eq!(u(&r["sessions_failed"]), 20);
+    assert_eq!(u(&r["errors"]["join_refused"]), 20);
+    assert_eq!(r["passed"], Value::Bool(false));
+}
