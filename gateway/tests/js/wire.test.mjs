@@ -111,6 +111,14 @@ test("wire: duplicate join closes the old instance with its join_ref; broadcasts
   assert.deepEqual(r.frames.items.find(f => !f.binary && f.msg[1] === "21").msg, ok("12", "21", "room:dup"))
   const stale = r.frames.items.filter(f => !f.binary && (f.msg[1] === "20" || (f.msg[4] && f.msg[4].stale === true)))
   assert.deepEqual(stale.map(f => f.msg), [], "the stale-join_ref push was answered or broadcast")
+
+  // a leave carrying the stale join_ref is ignored too (§3.6): the current instance stays joined
+  r.send(["3", "22", "room:dup", "phx_leave", {}])
+  r.send(["12", "23", "room:dup", "new_msg", {after: "stale leave"}])
+  assert.deepEqual((await r.next(m => m[1] === "23", "push after the stale leave")).msg, ok("12", "23", "room:dup"))
+  await r.next(m => m[3] === "new_msg" && m[4].after === "stale leave", "broadcast after the stale leave")
+  const staleLeave = r.frames.items.filter(f => !f.binary && (f.msg[1] === "22" || (f.msg[3] === "phx_close" && f.msg[0] === "12")))
+  assert.deepEqual(staleLeave.map(f => f.msg), [], "frames caused by the stale leave")
 })
 
 test("wire: binary push is replied ok and broadcast as a kind-2 binary frame", T, async t => {
