@@ -171,9 +171,11 @@ impl Gateway {
             stop.clone(),
         ));
         shutdown.await;
+        // Keep answering HTTP while draining: `/readyz` says 503 and new sessions are refused
+        // with 503 + Retry-After, so load balancers and clients move elsewhere.
+        shutdown::drain(&node).await;
         stop.cancel();
         let _ = accept.await;
-        shutdown::drain(&node).await;
         sweeper.abort();
         delivery.abort();
         Ok(())

@@ -1,4 +1,4 @@
-//! Drain: the paced shutdown. The node stops accepting, `/readyz` turns 503, and sessions are
+//! Drain: the paced shutdown. The node refuses new sessions (503), `/readyz` turns 503, and sessions are
 //! closed in batches (`drain_batch_size` every `drain_interval`) with close code 1012 so clients
 //! reconnect — to other nodes — spread over time instead of all at once. The node exits when every
 //! session is gone or `shutdown_timeout` has passed.

@@ -1,0 +1,361 @@
+//! Test support: start nodes in-process on `127.0.0.1:0`, a raw WebSocket client that can send
+//! anything (including frames a browser never would), and a minimal HTTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use gateway::{Config, Gateway};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A node running in this process.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), gateway::Error>>>,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> Self {
+        Self::start_gateway(Gateway::new(config)).await
+    }
+
+    pub async fn start_gateway(gw: Gateway) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(gw.run(listener, async move {
+            let _ = rx.await;
+        }));
+        TestNode {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Start the drain (as SIGTERM does) and wait for the node to finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Start the drain without waiting.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), gateway::Error>> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap()
+    }
+
+    pub async fn ws(&self) -> Client {
+        Client::connect(self.addr, "/socket/websocket?vsn=2.0.0").await
+    }
+
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        http(self.addr, method, path, headers, body).await
+    }
+
+    pub async fn broadcast(&self, topic: &str, event: &str, payload: Value) {
+        let body = json!({"topic": topic, "event": event, "payload": payload}).to_string();
+        let (status, text) = self.http("POST", "/api/broadcast", &[], &body).await;
+        assert_eq!(status, 202, "{text}");
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// One frame as the client sees it.
+#[derive(Debug, PartialEq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(Option<u16>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+}
+
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    next_ref: u64,
+}
+
+/// Build a client frame (masked unless `masked` is false).
+pub fn frame(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut v = vec![b0];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => v.push(m | n as u8),
+        n if n <= 0xffff => {
+            v.push(m | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(m | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        v.extend_from_slice(payload);
+    }
+    v
+}
+
+/// Send an HTTP upgrade request; returns the stream on 101, or the status code.
+pub async fn upgrade(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(TcpStream, BytesMut), u16> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = BytesMut::with_capacity(4096);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf))
+            .await
+            .expect("handshake timed out")
+            .unwrap();
+        assert!(n > 0, "connection closed during handshake");
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    if status != 101 {
+        return Err(status);
+    }
+    buf.advance(end);
+    Ok((stream, buf))
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+        Self::connect_with(addr, path, &[])
+            .await
+            .expect("upgrade refused")
+    }
+
+    pub async fn connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        let (stream, buf) = upgrade(addr, path, headers).await?;
+        Ok(Client {
+            stream,
+            buf,
+            next_ref: 100,
+        })
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_raw(&frame(0x81, text.as_bytes(), true)).await;
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_binary(&mut self, data: &[u8]) {
+        self.send_raw(&frame(0x82, data, true)).await;
+    }
+
+    fn parse(&mut self) -> Option<Frame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let (len, at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+        if b.len() < at + len {
+            return None;
+        }
+        let op = b[0] & 0x0f;
+        let payload = b[at..at + len].to_vec();
+        self.buf.advance(at + len);
+        Some(match op {
+            1 => Frame::Text(String::from_utf8(payload).expect("server text is UTF-8")),
+            2 => Frame::Binary(payload),
+            8 => Frame::Close(
+                (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+            ),
+            9 => Frame::Ping(payload),
+            10 => Frame::Pong(payload),
+            other => panic!("unexpected opcode {other}"),
+        })
+    }
+
+    /// Next frame; `None` on EOF.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = self.parse() {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("no frame within 5 s");
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        match self.recv().await {
+            Some(Frame::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Expect the server to close: returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.recv().await {
+                Some(Frame::Close(code)) => return code,
+                Some(Frame::Text(_)) | Some(Frame::Binary(_)) => continue,
+                Some(other) => panic!("unexpected {other:?}"),
+                None => panic!("connection dropped without a close frame"),
+            }
+        }
+    }
+
+    pub fn next_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    /// Join `topic`; returns (join_ref, reply frame).
+    pub async fn join(&mut self, topic: &str, payload: Value) -> (String, Value) {
+        let r = self.next_ref();
+        self.send_json(json!([r, r, topic, "phx_join", payload]))
+            .await;
+        (r, self.recv_json().await)
+    }
+
+    pub async fn join_ok(&mut self, topic: &str) -> String {
+        let (jr, reply) = self.join(topic, json!({})).await;
+        assert_eq!(
+            reply,
+            json!([jr, jr, topic, "phx_reply", {"status": "ok", "response": {}}])
+        );
+        jr
+    }
+
+    /// Prove nothing else is queued: a heartbeat's reply must be the very next frame.
+    pub async fn assert_nothing_queued(&mut self) {
+        let r = self.next_ref();
+        self.send_json(json!([null, r, "phoenix", "heartbeat", {}]))
+            .await;
+        assert_eq!(
+            self.recv_json().await,
+            json!([null, r, "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+        );
+    }
+}
+
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// An HS256 JWT for tests.
+pub fn jwt(secret: &str, claims: Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64.encode(claims.to_string());
+    let input = format!("{head}.{body}");
+    let sig = hmac_sha256(secret.as_bytes(), input.as_bytes());
+    format!("{input}.{}", b64.encode(sig))
+}
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(msg);
+    mac.finalize().into_bytes().to_vec()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
