@@ -97,8 +97,17 @@ impl HealthTracker {
         self.tx.subscribe()
     }
 
+    /// Moves `conn` to `phase`. Unanswered canaries are forgotten: they were sent to the
+    /// connection that is being replaced, so they say nothing about deafness of the next one.
     pub(crate) fn set_phase(&self, conn: usize, phase: Phase) {
-        self.state.lock().unwrap().conns[conn].phase = phase;
+        {
+            let mut state = self.state.lock().unwrap();
+            let c = &mut state.conns[conn];
+            c.phase = phase;
+            for canary in c.canaries.values_mut() {
+                canary.unanswered_since = None;
+            }
+        }
         self.evaluate();
     }
 
@@ -164,6 +173,19 @@ impl HealthTracker {
                 k.unanswered_since
                     .is_some_and(|t| t.elapsed() > self.threshold * 2)
             })
+    }
+
+    /// True when connection `conn` is synced and has heard all its canaries since.
+    pub(crate) fn conn_hears_itself(&self, conn: usize) -> bool {
+        let state = self.state.lock().unwrap();
+        let c = &state.conns[conn];
+        let Phase::Synced(at) = c.phase else {
+            return false;
+        };
+        !c.canaries.is_empty()
+            && c.canaries
+                .values()
+                .all(|k| k.heard.is_some_and(|t| t >= at))
     }
 
     /// Recomputes readiness and publishes it; logs each transition once. The state lock is

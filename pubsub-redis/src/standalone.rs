@@ -103,10 +103,8 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, client: redis::Client) {
                 continue;
             }
         }
-
-        // The first tick fires at once: hear ourselves as soon as we are subscribed.
-        let mut canary_tick = tokio::time::interval(ctx.canary_interval);
-        canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first canary goes out at once: hear ourselves as soon as we are subscribed.
+        let mut next_canary = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = &mut reader.0 => {
@@ -119,12 +117,13 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, client: redis::Client) {
                         break;
                     }
                 }
-                _ = canary_tick.tick() => {
+                _ = tokio::time::sleep_until(next_canary) => {
                     if ctx.health.is_deaf(idx) {
                         tracing::warn!(conn = idx, "subscriber connection deaf to its canary; reconnecting");
                         break;
                     }
                     ctx.spawn_canaries();
+                    next_canary = ctx.next_canary();
                 }
             }
         }

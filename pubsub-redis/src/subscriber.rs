@@ -11,6 +11,9 @@ use crate::interest::{ConnInterest, Interest, Syncer};
 use crate::publisher::Publisher;
 use crate::stats::Counters;
 
+/// Canary period while a connection has not yet heard itself.
+const FAST_CANARY: Duration = Duration::from_millis(100);
+
 /// Everything one subscriber connection task needs.
 #[derive(Debug)]
 pub(crate) struct ConnCtx {
@@ -42,6 +45,18 @@ impl ConnCtx {
     /// This connection's share of the node's interest.
     pub(crate) fn interest(&self) -> &ConnInterest {
         self.interest.conn(self.idx)
+    }
+
+    /// When the next canary should go out: every `canary_interval` while the connection hears
+    /// itself, but every 100 ms while it has not since its last (re)subscription, so that
+    /// readiness returns as soon as Redis (and the publisher) can carry a canary again.
+    pub(crate) fn next_canary(&self) -> tokio::time::Instant {
+        let wait = if self.health.conn_hears_itself(self.idx) {
+            self.canary_interval
+        } else {
+            self.canary_interval.min(FAST_CANARY)
+        };
+        tokio::time::Instant::now() + wait
     }
 
     /// Publishes one canary on each of this connection's canary channels through the shared

@@ -178,9 +178,8 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, urls: Vec<String>, timeout: Duration)
                     continue 'resync;
                 }
             }
-
-            let mut canary_tick = tokio::time::interval(ctx.canary_interval);
-            canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first canary goes out at once: hear ourselves as soon as we are subscribed.
+            let mut next_canary = tokio::time::Instant::now();
             let mut topology_tick = tokio::time::interval(TOPOLOGY_REFRESH);
             topology_tick.tick().await;
             loop {
@@ -197,13 +196,14 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, urls: Vec<String>, timeout: Duration)
                             continue 'resync;
                         }
                     }
-                    _ = canary_tick.tick() => {
+                    _ = tokio::time::sleep_until(next_canary) => {
                         if ctx.health.is_deaf(idx) {
                             tracing::warn!(conn = idx, "cluster connection deaf to a canary; rebuilding");
                             Counters::bump(&ctx.counters.reconnects);
                             continue 'rebuild;
                         }
                         spawn_canaries(&ctx, &ops.0, timeout);
+                        next_canary = ctx.next_canary();
                     }
                     _ = topology_tick.tick() => {
                         let moved = match topology::fetch(&mut ops.0).await {
