@@ -2,6 +2,8 @@
 // joins, and forced disconnects through the HTTP API, seen by the official phoenix.js client.
 
 import assert from "node:assert/strict"
+import {randomBytes} from "node:crypto"
+import {request} from "node:http"
 import {test} from "node:test"
 import {assertAccepted, firstJoin, fixture, nextMessage, nowSecs, okJoins, postJson, signJwt} from "./helpers/fixture.mjs"
 
@@ -25,6 +27,40 @@ function token(claims = {}, secret = SECRET){
   return signJwt({sub: "7", exp: nowSecs() + 3600, ...claims}, secret)
 }
 
+/**
+ * A hand-made WebSocket upgrade request (node:http, so any Sec-WebSocket-Protocol value can be
+ * sent, unlike with ws or browsers); resolves with the status and the selected subprotocol.
+ */
+function upgrade(gw, protocolHeader){
+  return new Promise((resolve, reject) => {
+    const req = request({
+      host: gw.host, port: gw.port, path: "/socket/websocket?vsn=2.0.0",
+      headers: {
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": randomBytes(16).toString("base64"), "Sec-WebSocket-Protocol": protocolHeader,
+      },
+      timeout: 5000,
+    })
+    req.on("upgrade", (res, socket) => {
+      socket.destroy()
+      resolve({status: res.statusCode, protocol: res.headers["sec-websocket-protocol"]})
+    })
+    req.on("response", res => { res.resume(); resolve({status: res.statusCode, protocol: res.headers["sec-websocket-protocol"]}) })
+    req.on("timeout", () => req.destroy(new Error("upgrade request timed out")))
+    req.on("error", reject)
+    req.end()
+  })
+}
+
+/** A valid token whose base64 form needs padding (its length is not a multiple of 3). */
+function tokenNeedingPadding(){
+  for(let i = 0; i < 3; i++){
+    const tok = token({pad: "x".repeat(i)})
+    if(tok.length % 3 !== 0){ return tok }
+  }
+  throw new Error("unreachable: one of three consecutive lengths is not a multiple of 3")
+}
+
 /** Waits for `n` refused connects and checks the socket never opened meanwhile. */
 async function assertRefused(c, n = 2){
   let errors = 0
@@ -43,6 +79,24 @@ test("authToken: a valid HS256 JWT connects, a wrong signature is refused", T, a
 
   const forged = fx.client(gw, {authToken: token({}, "not-the-secret")}, "forged")
   await assertRefused(forged)
+})
+
+test("authToken subprotocol: unpadded and padded base64 select `phoenix`; a bad token is 403", T, async t => {
+  const fx = fixture(t)
+  const gw = await fx.gateway({args: ["--jwt-secret", SECRET]})
+  const prefix = "base64url.bearer.phx."
+  const tok = tokenNeedingPadding()
+  const padded = Buffer.from(tok).toString("base64")
+  assert.ok(padded.endsWith("="))
+  // phoenix.js strips the padding; other clients may not (phoenix-protocol §1.5)
+  for(const [what, encoded] of [["unpadded (phoenix.js)", padded.replace(/=+$/, "")], ["padded", padded]]){
+    const res = await upgrade(gw, `phoenix, ${prefix}${encoded}`)
+    assert.deepEqual(res, {status: 101, protocol: "phoenix"}, `${what}: ${encoded}`)
+  }
+  const forged = Buffer.from(token({}, "not-the-secret")).toString("base64").replace(/=+$/, "")
+  assert.equal((await upgrade(gw, `phoenix, ${prefix}${forged}`)).status, 403)
+  const garbage = await upgrade(gw, `phoenix, ${prefix}%%%not-base64%%%`)
+  assert.equal(garbage.status, 403, "an undecodable token")
 })
 
 test("JWT: missing and expired tokens are refused, the token query param works", T, async t => {
@@ -79,16 +133,21 @@ async function forcedDisconnectSetup(t){
   const fx = fixture(t)
   const gw = await fx.gateway({args: ["--jwt-secret", SECRET, "--api-key", API_KEY]})
   const victim = fx.client(gw, {authToken: token({sub: "42"})}, "victim")
+  // a second connection of the same user (another tab) is disconnected as well
+  const victimTab = fx.client(gw, {authToken: token({sub: "42"})}, "victim-tab")
   const bystander = fx.client(gw, {authToken: token({sub: "43"})}, "bystander")
   const vch = victim.channel("room:fd")
   const bch = bystander.channel("room:fd")
-  await Promise.all([okJoins(vch, 1), okJoins(bch, 1)])
-  return {fx, gw, victim, bystander, vch, bch}
+  const tch = victimTab.channel("room:fd")
+  await Promise.all([okJoins(vch, 1), okJoins(bch, 1), okJoins(tch, 1)])
+  return {fx, gw, victim, victimTab, bystander, vch, tch, bch}
 }
 
-async function assertCameBack({gw, victim, bystander, vch, bch}){
-  const close = await victim.events.waitFor(e => e.kind === "close", {what: "the forced close"})
-  assert.equal(close.code, 1001, `close code ${close.code} (${close.reason}); 1001 = going away`)
+async function assertCameBack({gw, victim, victimTab, bystander, vch, bch}){
+  for(const c of [victim, victimTab]){
+    const close = await c.events.waitFor(e => e.kind === "close", {what: "the forced close"})
+    assert.equal(close.code, 1001, `${c.name} close code ${close.code} (${close.reason}); 1001 = going away`)
+  }
   // phoenix.js reconnects and rejoins by itself
   await victim.waitOpenCount(2, {timeout: 10000})
   await okJoins(vch, 2, {timeout: 10000})

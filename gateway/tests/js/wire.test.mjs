@@ -165,3 +165,25 @@ test("wire: serializer negotiation by vsn (V1 objects, unknown vsn refused with 
   const refused = await bad.events.waitFor(e => e.kind === "http" || e.kind === "open", {what: "handshake outcome"})
   assert.deepEqual(refused, {kind: "http", status: 403})
 })
+
+test("wire: tolerated input — null join_ref on a joined topic, extra trailing elements, other events on phoenix", T, async t => {
+  const fx = fixture(t)
+  const gw = await fx.gateway()
+  const r = await joined(fx, gw, "room:tol", "1")
+  // §3.8: a null join_ref is accepted (V1 and hand-written clients)
+  r.send([null, "2", "room:tol", "new_msg", {n: "null-jr"}])
+  const nullJr = await r.next(m => m[1] === "2", "reply to a push with join_ref null")
+  assert.deepEqual(nullJr.msg.slice(1, 4), ["2", "room:tol", "phx_reply"])
+  assert.equal(nullJr.msg[4].status, "ok", show(nullJr.msg))
+  await r.next(m => m[3] === "new_msg" && m[4].n === "null-jr", "its broadcast")
+  // §2.1: the decoder tolerates extra trailing elements
+  r.send(["1", "3", "room:tol", "new_msg", {n: "extra"}, "trailing", 42])
+  assert.deepEqual((await r.next(m => m[1] === "3", "reply to a 7-element frame")).msg, ok("1", "3", "room:tol"))
+  // §3.2: only `heartbeat` is special on topic phoenix; anything else is an unjoined topic
+  r.send([null, "4", "phoenix", "something", {}])
+  assert.deepEqual((await r.next(m => m[1] === "4", "reply to a non-heartbeat event on phoenix")).msg,
+    [null, "4", "phoenix", "phx_reply", {status: "error", response: {reason: "unmatched topic"}}])
+  // the connection is still healthy afterwards
+  r.send([null, "5", "phoenix", "heartbeat", {}])
+  assert.deepEqual((await r.next(m => m[1] === "5", "heartbeat reply")).msg, ok(null, "5", "phoenix"))
+})
