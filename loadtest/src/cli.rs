@@ -75,6 +75,9 @@ pub struct Common {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an SVG latency percentile plot here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
     /// SLO gate, e.g. 'p99>50ms', 'loss>0', 'errors>0', 'bytes_per_session>2048' (repeatable):
     /// exit code 1 when one holds.
     #[arg(long = "fail-if", value_name = "EXPR")]
@@ -156,6 +159,9 @@ pub struct MergeArgs {
     /// Write the merged JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an SVG latency percentile plot of the merged report here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
     /// SLO gates evaluated on the merged report.
     #[arg(long = "fail-if", value_name = "EXPR")]
     pub fail_if: Vec<String>,

@@ -10,6 +10,7 @@ mod merge;
 mod metrics;
 mod phoenix;
 mod plan;
+mod plot;
 mod protocol;
 mod publisher;
 mod report;
@@ -71,35 +72,52 @@ fn main() -> ExitCode {
 
 /// Runs a scenario (or merge), reports, and says whether every SLO gate passed.
 async fn coordinate(cmd: Cmd) -> Result<bool, RunError> {
-    let (report, json, gates): (Report, Option<PathBuf>, Vec<String>) = match cmd {
+    let (report, out) = match cmd {
         Cmd::Capacity(a) => {
             precheck(&a.common.fail_if)?;
-            (
-                scenario::capacity::run(&a).await?,
-                a.common.json,
-                a.common.fail_if,
-            )
+            (scenario::capacity::run(&a).await?, Outputs::of(&a.common))
         }
         Cmd::Fanout(a) => {
             precheck(&a.common.fail_if)?;
-            (
-                scenario::fanout::run(&a).await?,
-                a.common.json,
-                a.common.fail_if,
-            )
+            (scenario::fanout::run(&a).await?, Outputs::of(&a.common))
         }
         Cmd::Churn(a) => {
             precheck(&a.common.fail_if)?;
-            (
-                scenario::churn::run(&a).await?,
-                a.common.json,
-                a.common.fail_if,
-            )
+            (scenario::churn::run(&a).await?, Outputs::of(&a.common))
         }
-        Cmd::Merge(a) => (merge::merge_files(&a.reports)?, a.json, a.fail_if),
+        Cmd::Merge(a) => {
+            precheck(&a.fail_if)?;
+            let out = Outputs {
+                json: a.json,
+                svg: a.svg,
+                gates: a.fail_if,
+            };
+            (merge::merge_files(&a.reports)?, out)
+        }
         Cmd::Worker => unreachable!("handled in main"),
     };
-    finish(report, json.as_deref(), &gates)
+    finish(report, &out)
+}
+
+/// Where results go and which gates apply.
+struct Outputs {
+    /// `--json`.
+    json: Option<PathBuf>,
+    /// `--svg`.
+    svg: Option<PathBuf>,
+    /// `--fail-if`.
+    gates: Vec<String>,
+}
+
+impl Outputs {
+    /// From the shared scenario flags.
+    fn of(c: &cli::Common) -> Outputs {
+        Outputs {
+            json: c.json.clone(),
+            svg: c.svg.clone(),
+            gates: c.fail_if.clone(),
+        }
+    }
 }
 
 /// Parses the gates before the run so a typo fails fast.
@@ -110,21 +128,21 @@ fn precheck(gates: &[String]) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Evaluates gates, prints the summary, writes the JSON report.
-fn finish(
-    mut report: Report,
-    json: Option<&std::path::Path>,
-    gates: &[String],
-) -> Result<bool, RunError> {
-    let parsed = gates
+/// Evaluates gates, prints the summary, writes the JSON report and the plot.
+fn finish(mut report: Report, out: &Outputs) -> Result<bool, RunError> {
+    let parsed = out
+        .gates
         .iter()
         .map(|g| slo::parse(g))
         .collect::<Result<Vec<_>, _>>()?;
     report.slo = slo::evaluate(&parsed, &report);
     report.passed = report.slo.iter().all(|g| !g.violated);
     println!("{}", report.summary());
-    if let Some(path) = json {
+    if let Some(path) = &out.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if let Some(path) = &out.svg {
+        std::fs::write(path, plot::svg(&report)?)?;
     }
     Ok(report.passed)
 }

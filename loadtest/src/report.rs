@@ -257,15 +257,14 @@ impl Report {
                 ),
             );
             row("server sessions gauge", format!("{}", c.loaded.sessions));
+            let ramp = c.proc_cpu_seconds_ramp.unwrap_or(c.cpu_seconds_ramp);
+            let hold = c.proc_cpu_seconds_hold.unwrap_or(c.cpu_seconds_hold);
+            let per = c
+                .cpu_us_per_join
+                .map_or("n/a".into(), |v| format!("{v:.0}"));
             row(
                 "server CPU",
-                format!(
-                    "ramp {:.2} s ({} us/join), hold {:.2} s",
-                    c.cpu_seconds_ramp,
-                    c.cpu_us_per_join
-                        .map_or("n/a".into(), |v| format!("{v:.0}")),
-                    c.cpu_seconds_hold
-                ),
+                format!("ramp {ramp:.2} s ({per} us/join), hold {hold:.2} s"),
             );
         }
         if let Some(f) = &self.fanout {
