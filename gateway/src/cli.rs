@@ -24,6 +24,12 @@ pub struct Cli {
     /// Redis URL; makes this node a cluster member (absent = single node).
     #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis Cluster mode: sharded pub/sub; --redis-url lists seed nodes (comma-separated).
+    #[arg(long, env = "GATEWAY_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Redis subscriber connections that topics are hashed over.
+    #[arg(long, env = "GATEWAY_REDIS_SUBSCRIBERS", default_value_t = 2)]
+    pub redis_subscribers: usize,
     /// Node id (default: random per boot).
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
@@ -109,6 +115,8 @@ impl Cli {
         Ok(Config {
             node_id: self.node_id,
             redis_url: self.redis_url,
+            redis_cluster: self.redis_cluster,
+            redis_subscribers: self.redis_subscribers,
             api_key: self.api_key,
             jwt_secret: self.jwt_secret,
             jwt_public_key_pem,

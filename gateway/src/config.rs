@@ -24,8 +24,12 @@ pub enum LogFormat {
 pub struct Config {
     /// Node id; default: random per boot (`gw-<16 hex>`).
     pub node_id: Option<String>,
-    /// Redis URL; `None` = single node with the in-process adapter.
+    /// Redis URL(s), comma-separated; `None` = single node with the in-process adapter.
     pub redis_url: Option<String>,
+    /// Redis Cluster mode (sharded pub/sub); the URLs are seed nodes. Default off.
+    pub redis_cluster: bool,
+    /// Redis subscriber connections topics are hashed over (default 2).
+    pub redis_subscribers: usize,
     /// Bearer key for `/api/*`; `None` = the API is open (a startup warning says so).
     pub api_key: Option<String>,
     /// HS256 secret; with it every connect needs a valid JWT. `None` = open mode.
@@ -62,6 +66,8 @@ impl Default for Config {
         Config {
             node_id: None,
             redis_url: None,
+            redis_cluster: false,
+            redis_subscribers: 2,
             api_key: None,
             jwt_secret: None,
             jwt_public_key_pem: None,
@@ -135,6 +141,18 @@ impl ConfigFile {
 }
 
 impl Config {
+    /// The Redis adapter's settings, when clustering is configured.
+    pub fn redis(&self, node_id: &str) -> Option<pubsub_redis::Config> {
+        let urls = self.redis_url.as_ref()?.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+        Some(pubsub_redis::Config {
+            urls,
+            cluster: self.redis_cluster,
+            node_id: Some(node_id.to_owned()),
+            subscriber_connections: self.redis_subscribers,
+            ..pubsub_redis::Config::default()
+        })
+    }
+
     /// Check value ranges; called by `run` before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_message_size < 1024 {

@@ -60,6 +60,9 @@ pub enum Error {
     /// The JWT key is invalid.
     #[error(transparent)]
     Key(#[from] auth::KeyError),
+    /// The Redis adapter could not start.
+    #[error("redis pubsub: {0}")]
+    Redis(#[from] pubsub_redis::Error),
     /// The listener is unusable.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -137,8 +140,15 @@ impl Gateway {
             .clone()
             .unwrap_or_else(|| format!("gw-{:016x}", rand::random::<u64>()));
         let (tx, rx) = mpsc::channel::<Delivery>(DELIVERY_QUEUE);
-        let pubsub: SharedPubSub = Arc::new(bus.unwrap_or_default().attach(node_id.clone(), tx));
         let metrics = Arc::new(metrics::Metrics::new());
+        let pubsub: SharedPubSub = match config.redis(&node_id) {
+            Some(redis) => {
+                let adapter = pubsub::redis::RedisAdapter::start(redis, metrics.clone(), tx).await?;
+                info!(node_id = %node_id, "cluster member through Redis");
+                Arc::new(adapter)
+            }
+            None => Arc::new(bus.unwrap_or_default().attach(node_id.clone(), tx)),
+        };
         let limits = OutboxLimits {
             max_items: config.outbox_max_frames,
             max_bytes: config.outbox_max_bytes,

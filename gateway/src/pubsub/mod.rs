@@ -9,6 +9,7 @@
 //! * delivery is at-most-once; `broadcast` never blocks the caller.
 
 pub mod local;
+pub mod redis;
 
 #[cfg(test)]
 mod conformance;

@@ -1,0 +1,220 @@
+//! Glue: the `pubsub-redis` adapter behind the `PubSub` trait. The trait's sends are
+//! fire-and-forget and never block a session, so publishes go through a few bounded lanes
+//! (topics hashed to a lane, which keeps each topic's order) drained by tasks that await Redis.
+//! A full lane drops the message and counts it; while Redis is down the adapter fails each
+//! publish fast (counted), so nothing queues without bound. Incoming envelopes become
+//! `Delivery`s for the node; the adapter's counters and health are mirrored into metrics.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pubsub_redis::{Envelope, Health, Incoming, RedisPubSub, Stats};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::{Broadcast, Delivery, DeliveryTx, PubSub};
+use crate::metrics::Metrics;
+use crate::protocol::Payload;
+
+const LANES: usize = 4;
+const LANE_CAPACITY: usize = 8192;
+
+enum Send {
+    Topic(Arc<Broadcast>),
+    Direct(String, Arc<Broadcast>),
+}
+
+/// The Redis adapter as a node's PubSub.
+pub struct RedisAdapter {
+    /// The leaf adapter.
+    redis: RedisPubSub,
+    /// Publish lanes.
+    lanes: Box<[mpsc::Sender<Send>]>,
+    /// Picks a topic's lane.
+    hasher: RandomState,
+    /// Readiness from the never-deaf canaries.
+    health: watch::Receiver<Health>,
+    /// Counters for dropped publishes.
+    metrics: Arc<Metrics>,
+    /// Background tasks, aborted with the adapter.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RedisAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAdapter").field("node_id", &self.redis.node_id()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisAdapter {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn to_broadcast(env: Envelope) -> Arc<Broadcast> {
+    let payload = if env.binary { Payload::Binary(env.payload) } else { Payload::Json(env.payload) };
+    Arc::new(Broadcast { topic: env.topic, event: env.event, payload })
+}
+
+impl RedisAdapter {
+    /// Connect, and start delivering to `deliveries`.
+    pub async fn start(config: pubsub_redis::Config, metrics: Arc<Metrics>, deliveries: DeliveryTx) -> Result<Self, pubsub_redis::Error> {
+        let (redis, mut incoming) = RedisPubSub::start(config).await?;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = incoming.recv().await {
+                let d = match msg {
+                    Incoming::Topic(env) => Delivery::Topic(to_broadcast(env)),
+                    Incoming::Direct(env) => Delivery::Direct(to_broadcast(env)),
+                };
+                if deliveries.send(d).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let mut lanes = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let (tx, mut rx) = mpsc::channel::<Send>(LANE_CAPACITY);
+            let redis = redis.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(send) = rx.recv().await {
+                    let result = match send {
+                        Send::Topic(m) => {
+                            let env = envelope(&redis, &m);
+                            redis.publish(&m.topic, &env).await
+                        }
+                        Send::Direct(node, m) => redis.direct(&node, &envelope(&redis, &m)).await,
+                    };
+                    if let Err(e) = result {
+                        debug!(error = %e, "publish failed");
+                    }
+                }
+            }));
+            lanes.push(tx);
+        }
+        let health = redis.health();
+        tasks.push(tokio::spawn(export(redis.clone(), health.clone(), metrics.clone())));
+        Ok(RedisAdapter { redis, lanes: lanes.into(), hasher: RandomState::new(), health, metrics, tasks })
+    }
+
+    fn lane(&self, key: &str, send: Send) {
+        let lane = &self.lanes[self.hasher.hash_one(key) as usize % LANES];
+        if lane.try_send(send).is_err() {
+            self.metrics.pubsub_dropped.with_label_values(&["publish_queue_full"]).inc();
+        }
+    }
+}
+
+fn envelope(redis: &RedisPubSub, m: &Broadcast) -> Envelope {
+    redis.envelope(&m.topic, &m.event, Bytes::clone(m.payload.bytes()), m.payload.is_binary())
+}
+
+/// Mirror the adapter's counters and health into Prometheus once a second.
+async fn export(redis: RedisPubSub, health: watch::Receiver<Health>, metrics: Arc<Metrics>) {
+    let mut last = Stats::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = redis.stats();
+        let delta = |new: u64, old: u64| new.saturating_sub(old);
+        metrics.pubsub_published.inc_by(delta(now.published, last.published));
+        metrics.pubsub_publish_errors.inc_by(delta(now.publish_errors, last.publish_errors));
+        metrics.pubsub_received.inc_by(delta(now.received, last.received));
+        metrics.pubsub_resubscribes.inc_by(delta(now.resubscribes, last.resubscribes));
+        metrics.pubsub_reconnects.inc_by(delta(now.reconnects, last.reconnects));
+        let dropped = &metrics.pubsub_dropped;
+        dropped.with_label_values(&["own_echo"]).inc_by(delta(now.dropped_echoes, last.dropped_echoes));
+        dropped.with_label_values(&["receive_queue_full"]).inc_by(delta(now.dropped_full, last.dropped_full));
+        dropped.with_label_values(&["undecodable"]).inc_by(delta(now.decode_errors, last.decode_errors));
+        metrics.pubsub_topics.set(now.subscribed_topics as i64);
+        let h = health.borrow().clone();
+        metrics.pubsub_healthy.set(i64::from(h.ready));
+        if let Some(rtt) = h.canary_rtt {
+            metrics.pubsub_canary_rtt.observe(rtt.as_secs_f64());
+        }
+        last = now;
+    }
+}
+
+impl PubSub for RedisAdapter {
+    fn node_id(&self) -> &str {
+        self.redis.node_id()
+    }
+
+    fn subscribe(&self, topic: &str) {
+        self.redis.subscribe(topic);
+    }
+
+    fn unsubscribe(&self, topic: &str) {
+        self.redis.unsubscribe(topic);
+    }
+
+    fn broadcast(&self, msg: Arc<Broadcast>) {
+        let key = msg.topic.clone();
+        self.lane(&key, Send::Topic(msg));
+    }
+
+    fn direct(&self, node_id: &str, msg: Arc<Broadcast>) {
+        self.lane(node_id, Send::Direct(node_id.to_owned(), msg));
+    }
+
+    fn is_ready(&self) -> bool {
+        self.health.borrow().ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shared conformance suite against a real `redis-server` this test starts.
+    use super::*;
+    use crate::pubsub::SharedPubSub;
+
+    struct Server(std::process::Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn redis_server() -> (Server, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (run .ci/setup)");
+        let server = Server(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return (server, port);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not start");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_adapter_passes_the_conformance_suite() {
+        let (_server, port) = redis_server().await;
+        crate::pubsub::conformance::run(|id| async move {
+            let (tx, rx) = mpsc::channel(1024);
+            let config = pubsub_redis::Config {
+                urls: vec![format!("redis://127.0.0.1:{port}/")],
+                node_id: Some(id),
+                ..pubsub_redis::Config::default()
+            };
+            let adapter = RedisAdapter::start(config, Arc::new(Metrics::new()), tx).await.unwrap();
+            let ps: SharedPubSub = Arc::new(adapter);
+            (ps, rx)
+        })
+        .await;
+    }
+}
