@@ -175,13 +175,15 @@ async fn open(sh: &Shared, idx: u64) -> Option<Session> {
     let target = &plan.targets[(idx % plan.targets.len() as u64) as usize];
     let t0 = Instant::now();
     let timeout = Duration::from_millis(plan.join_timeout_ms);
-    let res = Session::open(
+    // Boxed: the handshake's state (read chunk, response head) lives on the heap only while
+    // connecting, instead of sizing every long-lived session task for it.
+    let res = Box::pin(Session::open(
         target,
         source_ip(idx, plan.sources),
         plan.topic(idx),
         timeout,
         &sh.stats,
-    )
+    ))
     .await;
     match res {
         Ok(s) => {
@@ -205,7 +207,7 @@ async fn hold_session(
     permit: tokio::sync::OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    let session = open(sh, idx).await;
+    let session = Box::pin(open(sh, idx)).await;
     drop(permit);
     let Some(mut s) = session else {
         sh.settled.fetch_add(1, Ordering::Release);
@@ -219,7 +221,7 @@ async fn hold_session(
     let r = s.hold(heartbeat, &sh.stats, &mut stop).await;
     sh.stats.active.fetch_sub(1, Ordering::Relaxed);
     match r {
-        Ok(()) => s.close(CLOSE_GRACE, &sh.stats).await,
+        Ok(()) => Box::pin(s.close(CLOSE_GRACE, &sh.stats)).await,
         Err(kind) => sh.stats.error(kind),
     }
 }
@@ -258,4 +260,45 @@ async fn churn_lane(sh: &Shared, lane: u64, stop: watch::Receiver<bool>, deadlin
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
     }
     sh.settled.fetch_add(1, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Target;
+
+    /// The long-lived part of a session task must stay small: this is the client's idle cost.
+    #[test]
+    fn idle_session_task_is_small() {
+        let plan = WorkerPlan {
+            worker: 0,
+            mode: Mode::Hold,
+            targets: vec![Target::parse("ws://127.0.0.1:1").unwrap()],
+            first: 0,
+            count: 1,
+            rate: 1.0,
+            max_inflight: 1,
+            sources: 1,
+            topic_prefix: "room:".into(),
+            topics: 1,
+            join_timeout_ms: 1,
+            heartbeat_ms: 1,
+            cycles: 0,
+            churn_hold_ms: 0,
+            deadline_ms: 1,
+        };
+        let sh = Shared {
+            plan,
+            stats: Stats::default(),
+            by_topic: vec![AtomicU64::new(0)],
+            settled: AtomicU64::new(0),
+            budget: AtomicU64::new(0),
+            ramped: AtomicBool::new(false),
+        };
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let fut = hold_session(&sh, 0, permit, rx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1024, "hold_session future is {size} bytes");
+    }
 }
