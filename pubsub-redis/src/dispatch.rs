@@ -12,6 +12,9 @@ use crate::health::HealthTracker;
 use crate::stats::Counters;
 
 /// A message from another node (or a backend) for this node.
+///
+/// A topic message may still arrive shortly after `unsubscribe(topic)` (it was in flight);
+/// the consumer should ignore topics it no longer serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     /// A broadcast on a topic this node subscribed to. Never this node's own publish (those

@@ -241,3 +241,23 @@ async fn duplicate_node_id_is_refused_and_topic_mismatch_rejected() {
     ));
     assert_eq!(a.stats().publish_errors, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_stops_everything() {
+    init_tracing();
+    let redis = RedisServer::start().await;
+    let (a, mut a_rx) = node(config(vec![redis.url()], "a")).await;
+    a.subscribe("room:1");
+    wait_numsub(&redis, "gw:t:room:1", 1).await;
+    let clone = a.clone();
+    drop(a);
+    wait_numsub(&redis, "gw:t:room:1", 1).await;
+    drop(clone);
+    // The last handle is gone: connections close, and the queue reports the end.
+    wait_numsub(&redis, "gw:t:room:1", 0).await;
+    wait_numsub(&redis, "gw:n:a", 0).await;
+    assert!(tokio::time::timeout(WAIT, a_rx.recv())
+        .await
+        .expect("queue closes")
+        .is_none());
+}

@@ -8,6 +8,10 @@
 //! channels Redis still has) until that pass succeeds, and readiness further waits for a
 //! canary on *every* master (see `topology`) to be heard after the pass. Canaries go out on this
 //! same connection, so a dead node connection is exercised and repaired by redis-rs.
+//!
+//! Measured (tests/cluster.rs, three masters, redis-server 7.0.15): after the master owning a
+//! topic's slot was SIGKILLed for 1 s and restarted on its port, delivery and readiness were
+//! back ~0.1-0.5 s after the restart; publishes to that shard meanwhile failed within ~40 ms.
 
 pub(crate) mod topology;
 
