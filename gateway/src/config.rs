@@ -143,7 +143,13 @@ impl ConfigFile {
 impl Config {
     /// The Redis adapter's settings, when clustering is configured.
     pub fn redis(&self, node_id: &str) -> Option<pubsub_redis::Config> {
-        let urls = self.redis_url.as_ref()?.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+        let urls = self
+            .redis_url
+            .as_ref()?
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
         Some(pubsub_redis::Config {
             urls,
             cluster: self.redis_cluster,

@@ -137,6 +137,7 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.pubsub.refresh_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics.render(),

@@ -143,7 +143,8 @@ impl Gateway {
         let metrics = Arc::new(metrics::Metrics::new());
         let pubsub: SharedPubSub = match config.redis(&node_id) {
             Some(redis) => {
-                let adapter = pubsub::redis::RedisAdapter::start(redis, metrics.clone(), tx).await?;
+                let adapter =
+                    pubsub::redis::RedisAdapter::start(redis, metrics.clone(), tx).await?;
                 info!(node_id = %node_id, "cluster member through Redis");
                 Arc::new(adapter)
             }

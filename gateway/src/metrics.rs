@@ -126,21 +126,58 @@ impl Metrics {
         r.register(Box::new(fanout_seconds.clone()))
             .expect("unique metric");
         let pubsub_canary_rtt = Histogram::with_opts(
-            HistogramOpts::new("gateway_pubsub_canary_rtt_seconds", "Round trip of the self-addressed canary through the broker.")
-                .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+            HistogramOpts::new(
+                "gateway_pubsub_canary_rtt_seconds",
+                "Round trip of the self-addressed canary through the broker.",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
         )
         .expect("valid metric");
-        r.register(Box::new(pubsub_canary_rtt.clone())).expect("unique metric");
-        let pubsub_healthy = gauge(&r, "gateway_pubsub_healthy", "1 when the node hears itself through the broker.");
+        r.register(Box::new(pubsub_canary_rtt.clone()))
+            .expect("unique metric");
+        let pubsub_healthy = gauge(
+            &r,
+            "gateway_pubsub_healthy",
+            "1 when the node hears itself through the broker.",
+        );
         pubsub_healthy.set(1);
         Metrics {
-            pubsub_published: counter(&r, "gateway_pubsub_published_total", "Messages published to other nodes."),
-            pubsub_publish_errors: counter(&r, "gateway_pubsub_publish_errors_total", "Publishes that failed; those messages are lost."),
-            pubsub_received: counter(&r, "gateway_pubsub_received_total", "Messages received from other nodes."),
-            pubsub_dropped: counter_vec(&r, "gateway_pubsub_dropped_total", "Cross-node messages dropped, by reason.", &["reason"]),
-            pubsub_topics: gauge(&r, "gateway_pubsub_subscribed_topics", "Topics this node is subscribed to in the cluster."),
-            pubsub_resubscribes: counter(&r, "gateway_pubsub_resubscribes_total", "Resubscriptions after reconnects."),
-            pubsub_reconnects: counter(&r, "gateway_pubsub_reconnects_total", "Reconnects of broker connections."),
+            pubsub_published: counter(
+                &r,
+                "gateway_pubsub_published_total",
+                "Messages published to other nodes.",
+            ),
+            pubsub_publish_errors: counter(
+                &r,
+                "gateway_pubsub_publish_errors_total",
+                "Publishes that failed; those messages are lost.",
+            ),
+            pubsub_received: counter(
+                &r,
+                "gateway_pubsub_received_total",
+                "Messages received from other nodes.",
+            ),
+            pubsub_dropped: counter_vec(
+                &r,
+                "gateway_pubsub_dropped_total",
+                "Cross-node messages dropped, by reason.",
+                &["reason"],
+            ),
+            pubsub_topics: gauge(
+                &r,
+                "gateway_pubsub_subscribed_topics",
+                "Topics this node is subscribed to in the cluster.",
+            ),
+            pubsub_resubscribes: counter(
+                &r,
+                "gateway_pubsub_resubscribes_total",
+                "Resubscriptions after reconnects.",
+            ),
+            pubsub_reconnects: counter(
+                &r,
+                "gateway_pubsub_reconnects_total",
+                "Reconnects of broker connections.",
+            ),
             pubsub_canary_rtt,
             pubsub_healthy,
             sessions,

@@ -63,6 +63,9 @@ pub trait PubSub: Send + Sync + 'static {
 
     /// Whether this node currently hears the cluster (drives `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Bring the adapter's own metrics up to date (called before each `/metrics` scrape).
+    fn refresh_metrics(&self) {}
 }
 
 /// Shared handle to a node's adapter.

@@ -3,14 +3,16 @@
 //! (topics hashed to a lane, which keeps each topic's order) drained by tasks that await Redis.
 //! A full lane drops the message and counts it; while Redis is down the adapter fails each
 //! publish fast (counted), so nothing queues without bound. Incoming envelopes become
-//! `Delivery`s for the node; the adapter's counters and health are mirrored into metrics.
+//! `Delivery`s for the node; the adapter's counters and health are mirrored into metrics at
+//! each scrape.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use pubsub_redis::{Envelope, Health, Incoming, RedisPubSub, Stats};
+#[cfg(test)]
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -37,15 +39,19 @@ pub struct RedisAdapter {
     hasher: RandomState,
     /// Readiness from the never-deaf canaries.
     health: watch::Receiver<Health>,
-    /// Counters for dropped publishes.
+    /// Where the adapter's counters are mirrored.
     metrics: Arc<Metrics>,
+    /// Counters at the previous mirroring (Prometheus counters only go up by deltas).
+    last: Mutex<Stats>,
     /// Background tasks, aborted with the adapter.
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RedisAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisAdapter").field("node_id", &self.redis.node_id()).finish_non_exhaustive()
+        f.debug_struct("RedisAdapter")
+            .field("node_id", &self.redis.node_id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,13 +64,25 @@ impl Drop for RedisAdapter {
 }
 
 fn to_broadcast(env: Envelope) -> Arc<Broadcast> {
-    let payload = if env.binary { Payload::Binary(env.payload) } else { Payload::Json(env.payload) };
-    Arc::new(Broadcast { topic: env.topic, event: env.event, payload })
+    let payload = if env.binary {
+        Payload::Binary(env.payload)
+    } else {
+        Payload::Json(env.payload)
+    };
+    Arc::new(Broadcast {
+        topic: env.topic,
+        event: env.event,
+        payload,
+    })
 }
 
 impl RedisAdapter {
     /// Connect, and start delivering to `deliveries`.
-    pub async fn start(config: pubsub_redis::Config, metrics: Arc<Metrics>, deliveries: DeliveryTx) -> Result<Self, pubsub_redis::Error> {
+    pub async fn start(
+        config: pubsub_redis::Config,
+        metrics: Arc<Metrics>,
+        deliveries: DeliveryTx,
+    ) -> Result<Self, pubsub_redis::Error> {
         let (redis, mut incoming) = RedisPubSub::start(config).await?;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(async move {
@@ -99,46 +117,77 @@ impl RedisAdapter {
             lanes.push(tx);
         }
         let health = redis.health();
-        tasks.push(tokio::spawn(export(redis.clone(), health.clone(), metrics.clone())));
-        Ok(RedisAdapter { redis, lanes: lanes.into(), hasher: RandomState::new(), health, metrics, tasks })
+        Ok(RedisAdapter {
+            redis,
+            lanes: lanes.into(),
+            hasher: RandomState::new(),
+            health,
+            metrics,
+            last: Mutex::default(),
+            tasks,
+        })
     }
 
     fn lane(&self, key: &str, send: Send) {
         let lane = &self.lanes[self.hasher.hash_one(key) as usize % LANES];
         if lane.try_send(send).is_err() {
-            self.metrics.pubsub_dropped.with_label_values(&["publish_queue_full"]).inc();
+            self.metrics
+                .pubsub_dropped
+                .with_label_values(&["publish_queue_full"])
+                .inc();
         }
     }
 }
 
 fn envelope(redis: &RedisPubSub, m: &Broadcast) -> Envelope {
-    redis.envelope(&m.topic, &m.event, Bytes::clone(m.payload.bytes()), m.payload.is_binary())
+    redis.envelope(
+        &m.topic,
+        &m.event,
+        Bytes::clone(m.payload.bytes()),
+        m.payload.is_binary(),
+    )
 }
 
-/// Mirror the adapter's counters and health into Prometheus once a second.
-async fn export(redis: RedisPubSub, health: watch::Receiver<Health>, metrics: Arc<Metrics>) {
-    let mut last = Stats::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = redis.stats();
+impl RedisAdapter {
+    /// Mirror the adapter's counters and health into Prometheus (called at each scrape, so
+    /// the exported values are never stale).
+    fn refresh(&self) {
+        let metrics = &self.metrics;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.redis.stats();
         let delta = |new: u64, old: u64| new.saturating_sub(old);
-        metrics.pubsub_published.inc_by(delta(now.published, last.published));
-        metrics.pubsub_publish_errors.inc_by(delta(now.publish_errors, last.publish_errors));
-        metrics.pubsub_received.inc_by(delta(now.received, last.received));
-        metrics.pubsub_resubscribes.inc_by(delta(now.resubscribes, last.resubscribes));
-        metrics.pubsub_reconnects.inc_by(delta(now.reconnects, last.reconnects));
+        metrics
+            .pubsub_published
+            .inc_by(delta(now.published, last.published));
+        metrics
+            .pubsub_publish_errors
+            .inc_by(delta(now.publish_errors, last.publish_errors));
+        metrics
+            .pubsub_received
+            .inc_by(delta(now.received, last.received));
+        metrics
+            .pubsub_resubscribes
+            .inc_by(delta(now.resubscribes, last.resubscribes));
+        metrics
+            .pubsub_reconnects
+            .inc_by(delta(now.reconnects, last.reconnects));
         let dropped = &metrics.pubsub_dropped;
-        dropped.with_label_values(&["own_echo"]).inc_by(delta(now.dropped_echoes, last.dropped_echoes));
-        dropped.with_label_values(&["receive_queue_full"]).inc_by(delta(now.dropped_full, last.dropped_full));
-        dropped.with_label_values(&["undecodable"]).inc_by(delta(now.decode_errors, last.decode_errors));
+        dropped
+            .with_label_values(&["own_echo"])
+            .inc_by(delta(now.dropped_echoes, last.dropped_echoes));
+        dropped
+            .with_label_values(&["receive_queue_full"])
+            .inc_by(delta(now.dropped_full, last.dropped_full));
+        dropped
+            .with_label_values(&["undecodable"])
+            .inc_by(delta(now.decode_errors, last.decode_errors));
         metrics.pubsub_topics.set(now.subscribed_topics as i64);
-        let h = health.borrow().clone();
+        *last = now;
+        let h = self.health.borrow().clone();
         metrics.pubsub_healthy.set(i64::from(h.ready));
         if let Some(rtt) = h.canary_rtt {
             metrics.pubsub_canary_rtt.observe(rtt.as_secs_f64());
         }
-        last = now;
     }
 }
 
@@ -167,6 +216,10 @@ impl PubSub for RedisAdapter {
     fn is_ready(&self) -> bool {
         self.health.borrow().ready
     }
+
+    fn refresh_metrics(&self) {
+        self.refresh();
+    }
 }
 
 #[cfg(test)]
@@ -185,15 +238,31 @@ mod tests {
     }
 
     async fn redis_server() -> (Server, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (run .ci/setup)");
         let server = Server(child);
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return (server, port);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -211,7 +280,9 @@ mod tests {
                 node_id: Some(id),
                 ..pubsub_redis::Config::default()
             };
-            let adapter = RedisAdapter::start(config, Arc::new(Metrics::new()), tx).await.unwrap();
+            let adapter = RedisAdapter::start(config, Arc::new(Metrics::new()), tx)
+                .await
+                .unwrap();
             let ps: SharedPubSub = Arc::new(adapter);
             (ps, rx)
         })

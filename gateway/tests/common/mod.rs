@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod redis;
+
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A node running in this process.
