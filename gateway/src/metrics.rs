@@ -72,6 +72,17 @@ pub struct Metrics {
     pub pubsub_canary_rtt: Histogram,
     /// 1 when the node hears itself through the broker on every connection.
     pub pubsub_healthy: IntGauge,
+    /// User-space bytes per live session: (RSS − RSS at startup) / sessions, set at each scrape.
+    pub bytes_per_session: IntGauge,
+    /// RSS right after startup, the baseline of `bytes_per_session`.
+    baseline_rss: u64,
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`), 0 elsewhere.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -141,7 +152,9 @@ impl Metrics {
             "1 when the node hears itself through the broker.",
         );
         pubsub_healthy.set(1);
-        Metrics {
+        let m = Metrics {
+            bytes_per_session: gauge(&r, "gateway_memory_bytes_per_session", "User-space bytes per live session: RSS above the startup baseline divided by sessions."),
+            baseline_rss: rss_bytes(),
             pubsub_published: counter(
                 &r,
                 "gateway_pubsub_published_total",
@@ -271,11 +284,40 @@ impl Metrics {
             ),
             draining: gauge(&r, "gateway_draining", "1 while the node is draining."),
             registry: r,
+        };
+        m.init_labels();
+        m
+    }
+
+    /// Create every known label combination at zero, so dashboards and alerts see each series
+    /// from the first scrape rather than only after its first event.
+    fn init_labels(&self) {
+        for t in ["websocket", "longpoll"] {
+            self.sessions.with_label_values(&[t]);
+            self.connects.with_label_values(&[t]);
+        }
+        for r in ["vsn", "origin", "auth", "draining", "not_upgrade", "handshake"] {
+            self.connect_refusals.with_label_values(&[r]);
+        }
+        for r in ["client", "io_error", "forced", "drain", "protocol_error", "invalid_utf8", "too_big", "unsupported_data", "idle_timeout", "slow_consumer", "bad_message", "server"] {
+            self.disconnects.with_label_values(&[r]);
+        }
+        for r in ["unmatched_topic", "too_many_channels", "refused", "crashed", "invalid_topic"] {
+            self.join_errors.with_label_values(&[r]);
+        }
+        for k in ["text", "binary"] {
+            self.messages_in.with_label_values(&[k]);
+        }
+        for r in ["publish_queue_full", "receive_queue_full", "own_echo", "undecodable"] {
+            self.pubsub_dropped.with_label_values(&[r]);
         }
     }
 
     /// Render the Prometheus text exposition.
     pub fn render(&self) -> String {
+        let sessions: i64 = ["websocket", "longpoll"].iter().map(|t| self.sessions.with_label_values(&[*t]).get()).sum();
+        let per = if sessions > 0 { rss_bytes().saturating_sub(self.baseline_rss) as i64 / sessions } else { 0 };
+        self.bytes_per_session.set(per);
         let mut buf = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
