@@ -102,6 +102,7 @@ async fn sharded_delivery_survives_slot_master_restart() {
     let delivered = probe(&a, &mut b_rx, Duration::from_secs(10)).await;
     wait_health(&b.health(), true, Duration::from_secs(5)).await;
     let ready = back.elapsed();
+    wait_health(&a.health(), true, Duration::from_secs(5)).await;
     assert_eq!(
         shard_numsub(&cluster, owner, &channel).await,
         2,
