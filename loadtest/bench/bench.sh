@@ -9,12 +9,14 @@ cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
 OUT=${2:-target/bench}
 N=${N:-15000}
+RATES=${RATES:-"4 8 16 32"}
 mkdir -p "$OUT"
 GW=target/release/gateway
 LT=target/release/loadtest
 CALIB=/work/shared/tools/calib-loopback.c
 cargo build --release -p gateway -p loadtest
 cc -O2 -o "$OUT/calib" "$CALIB"
+echo "gateway at $(git log -1 --format=%h -- gateway) ($(git status --porcelain gateway | wc -l) uncommitted files); $(date -u)"
 
 start_gw() {
   "$GW" --port 0 --bind 127.0.0.1 >"$OUT/gw.log" 2>&1 &
@@ -31,7 +33,7 @@ for i in $(seq "$RUNS"); do
   "$LT" capacity --url "ws://127.0.0.1:$PORT" -n "$N" --rate 100000 --max-inflight 100 \
     --hold-secs 5 --server-pid "$GP" --json "$OUT/capacity-$i.json" -q >"$OUT/capacity-$i.txt"
   stop_gw
-  for R in 4 8; do
+  for R in $RATES; do
     start_gw
     "$LT" fanout --url "ws://127.0.0.1:$PORT" -n "$N" --topics 1 --publish-rate "$R" \
       --duration-secs 10 --json "$OUT/fanout-r$R-$i.json" -q >"$OUT/fanout-r$R-$i.txt"
@@ -41,9 +43,9 @@ for i in $(seq "$RUNS"); do
   echo "run $i done: $(uptime)"
 done
 
-python3 - "$OUT" "$RUNS" <<'PY'
+python3 - "$OUT" "$RUNS" "$RATES" <<'PY'
 import json, re, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+out, runs, rates = sys.argv[1], int(sys.argv[2]), [int(r) for r in sys.argv[3].split()]
 med = lambda xs: statistics.median(xs)
 cap = [json.load(open(f"{out}/capacity-{i}.json")) for i in range(1, runs + 1)]
 print("capacity runs:")
@@ -59,8 +61,9 @@ calib = []
 for i in range(1, runs + 1):
     m = re.search(r"= (\d+) deliveries/s", open(f"{out}/calib-{i}.txt").read())
     calib.append(float(m.group(1)))
+    print("  " + open(f"{out}/calib-{i}.txt").read().strip().replace("\n", "\n  "))
 print(f"calib runs: {calib}  MEDIAN {med(calib):.0f} deliveries/s")
-for r in (4, 8):
+for r in rates:
     fs = [json.load(open(f"{out}/fanout-r{r}-{i}.json"))["fanout"] for i in range(1, runs + 1)]
     print(f"fanout {r}/s runs:")
     for f in fs:

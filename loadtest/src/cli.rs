@@ -165,4 +165,7 @@ pub struct MergeArgs {
     /// SLO gates evaluated on the merged report.
     #[arg(long = "fail-if", value_name = "EXPR")]
     pub fail_if: Vec<String>,
+    /// Accepted for symmetry with the scenarios (merge prints no progress).
+    #[arg(long, short)]
+    pub quiet: bool,
 }

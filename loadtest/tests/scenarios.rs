@@ -41,13 +41,25 @@ async fn start_node() -> Node {
     }
 }
 
-/// Runs `loadtest ARGS --json FILE` off the async threads; returns (exit code, report).
-async fn loadtest(args: Vec<String>) -> (i32, Value) {
-    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+/// A fresh report path under the cargo target tmpdir.
+fn report_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "lt-{}-{}.json",
         std::process::id(),
         rand_suffix()
-    ));
+    ))
+}
+
+/// Runs `loadtest ARGS --json FILE`; returns (exit code, report) and removes the file.
+async fn loadtest(args: Vec<String>) -> (i32, Value) {
+    let json = report_path();
+    let r = loadtest_to(args, json.clone()).await;
+    let _ = std::fs::remove_file(&json);
+    r
+}
+
+/// Runs `loadtest ARGS --json JSON` off the async threads; returns (exit code, report).
+async fn loadtest_to(args: Vec<String>, json: PathBuf) -> (i32, Value) {
     let json2 = json.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_loadtest"))
@@ -69,7 +81,6 @@ async fn loadtest(args: Vec<String>) -> (i32, Value) {
     );
     let report: Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report written")).unwrap();
-    let _ = std::fs::remove_file(&json);
     (out.status.code().unwrap_or(-1), report)
 }
 
@@ -212,4 +223,44 @@ async fn violated_gate_exits_1_and_unjoinable_topic_counts_refusals() {
     assert_eq!(u(&r["sessions_failed"]), 20);
     assert_eq!(u(&r["errors"]["join_refused"]), 20);
     assert_eq!(r["passed"], Value::Bool(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_reports_merge_into_the_whole_run() {
+    let node = start_node().await;
+    let (a, b) = (report_path(), report_path());
+    let run = |shard: &str| {
+        s(&[
+            "capacity",
+            "--url",
+            &node.url,
+            "-n",
+            "101",
+            "--hold-secs",
+            "0",
+            "--shard",
+            shard,
+        ])
+    };
+    let (ca, ra) = loadtest_to(run("1/2"), a.clone()).await;
+    let (cb, rb) = loadtest_to(run("2/2"), b.clone()).await;
+    assert_eq!((ca, cb), (0, 0));
+    assert_eq!(
+        (u(&ra["sessions_requested"]), u(&rb["sessions_requested"])),
+        (51, 50)
+    );
+    let (cm, m) = loadtest(vec![
+        "merge".into(),
+        a.display().to_string(),
+        b.display().to_string(),
+        "--fail-if".into(),
+        "failed>0".into(),
+    ])
+    .await;
+    let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
+    assert_eq!(cm, 0, "merged gates: {}", m["slo"]);
+    assert_eq!(u(&m["sessions_requested"]), 101);
+    assert_eq!(u(&m["sessions_joined"]), 101);
+    assert_eq!(u(&m["connect_join"]["count"]), 101, "histograms were added");
+    assert_eq!(m["shard"], serde_json::json!([1, 1]));
 }
