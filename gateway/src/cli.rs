@@ -76,6 +76,15 @@ pub struct Cli {
     /// Longest drain in milliseconds before the node exits anyway.
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
+    /// Milliseconds a long-poll GET is held open without messages.
+    #[arg(long, env = "GATEWAY_LONGPOLL_WINDOW_MS", default_value_t = 10_000)]
+    pub longpoll_window_ms: u64,
+    /// Milliseconds without a poll after which a long-poll session ends.
+    #[arg(long, env = "GATEWAY_LONGPOLL_EXPIRY_MS", default_value_t = 15_000)]
+    pub longpoll_expiry_ms: u64,
+    /// Cluster-wide key for long-poll tokens (default: random per node; only the owner verifies).
+    #[arg(long, env = "GATEWAY_LONGPOLL_SECRET", hide_env_values = true)]
+    pub longpoll_secret: Option<String>,
     /// Serve /ws-echo, a plain WebSocket echo for conformance tests.
     #[arg(long, env = "GATEWAY_WS_ECHO")]
     pub ws_echo: bool,
@@ -129,6 +138,9 @@ impl Cli {
             drain_batch_size: self.drain_batch_size,
             drain_interval: Duration::from_millis(self.drain_interval_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            longpoll_window: Duration::from_millis(self.longpoll_window_ms),
+            longpoll_expiry: Duration::from_millis(self.longpoll_expiry_ms),
+            longpoll_secret: self.longpoll_secret,
             ws_echo: self.ws_echo,
             channels,
         })

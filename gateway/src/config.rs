@@ -55,6 +55,12 @@ pub struct Config {
     pub drain_interval: Duration,
     /// Longest the drain may take before the node exits anyway (default 30 s).
     pub shutdown_timeout: Duration,
+    /// Longest a long-poll GET is held open without messages (default 10 s, like Phoenix).
+    pub longpoll_window: Duration,
+    /// A long-poll session nobody polled for this long ends (default 15 s; checked at least every second).
+    pub longpoll_expiry: Duration,
+    /// Cluster-wide long-poll token key; `None` = random per node (only the owner verifies).
+    pub longpoll_secret: Option<String>,
     /// Serve `/ws-echo`, a plain WebSocket echo for conformance tests (default off).
     pub ws_echo: bool,
     /// Channel rules; empty = the demo channel (`room:*`).
@@ -80,6 +86,9 @@ impl Default for Config {
             drain_batch_size: 10_000,
             drain_interval: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(30),
+            longpoll_window: Duration::from_secs(10),
+            longpoll_expiry: Duration::from_secs(15),
+            longpoll_secret: None,
             ws_echo: false,
             channels: Vec::new(),
         }

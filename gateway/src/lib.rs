@@ -169,10 +169,12 @@ impl Gateway {
             auth,
             metrics,
             limits,
+            longpoll: transport::longpoll::LongPoll::new(config.longpoll_secret.as_deref()),
             config,
         });
         let delivery = tokio::spawn(node.clone().deliver(rx));
         let sweeper = tokio::spawn(idle_sweep(node.clone()));
+        let lp_sweeper = tokio::spawn(transport::longpoll::sweep(node.clone()));
         let addr = listener.local_addr()?;
         info!(node_id = %node_id, "listening on http://{addr}");
         let stop = CancellationToken::new();
@@ -188,6 +190,7 @@ impl Gateway {
         stop.cancel();
         let _ = accept.await;
         sweeper.abort();
+        lp_sweeper.abort();
         delivery.abort();
         Ok(())
     }

@@ -81,7 +81,11 @@ pub struct Metrics {
 /// Resident set size of this process in bytes (Linux `/proc/self/statm`), 0 elsewhere.
 pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -296,27 +300,65 @@ impl Metrics {
             self.sessions.with_label_values(&[t]);
             self.connects.with_label_values(&[t]);
         }
-        for r in ["vsn", "origin", "auth", "draining", "not_upgrade", "handshake"] {
+        for r in [
+            "vsn",
+            "origin",
+            "auth",
+            "draining",
+            "not_upgrade",
+            "handshake",
+        ] {
             self.connect_refusals.with_label_values(&[r]);
         }
-        for r in ["client", "io_error", "forced", "drain", "protocol_error", "invalid_utf8", "too_big", "unsupported_data", "idle_timeout", "slow_consumer", "bad_message", "server"] {
+        for r in [
+            "client",
+            "io_error",
+            "forced",
+            "drain",
+            "protocol_error",
+            "invalid_utf8",
+            "too_big",
+            "unsupported_data",
+            "idle_timeout",
+            "slow_consumer",
+            "bad_message",
+            "server",
+        ] {
             self.disconnects.with_label_values(&[r]);
         }
-        for r in ["unmatched_topic", "too_many_channels", "refused", "crashed", "invalid_topic"] {
+        for r in [
+            "unmatched_topic",
+            "too_many_channels",
+            "refused",
+            "crashed",
+            "invalid_topic",
+        ] {
             self.join_errors.with_label_values(&[r]);
         }
         for k in ["text", "binary"] {
             self.messages_in.with_label_values(&[k]);
         }
-        for r in ["publish_queue_full", "receive_queue_full", "own_echo", "undecodable"] {
+        for r in [
+            "publish_queue_full",
+            "receive_queue_full",
+            "own_echo",
+            "undecodable",
+        ] {
             self.pubsub_dropped.with_label_values(&[r]);
         }
     }
 
     /// Render the Prometheus text exposition.
     pub fn render(&self) -> String {
-        let sessions: i64 = ["websocket", "longpoll"].iter().map(|t| self.sessions.with_label_values(&[*t]).get()).sum();
-        let per = if sessions > 0 { rss_bytes().saturating_sub(self.baseline_rss) as i64 / sessions } else { 0 };
+        let sessions: i64 = ["websocket", "longpoll"]
+            .iter()
+            .map(|t| self.sessions.with_label_values(&[*t]).get())
+            .sum();
+        let per = if sessions > 0 {
+            rss_bytes().saturating_sub(self.baseline_rss) as i64 / sessions
+        } else {
+            0
+        };
         self.bytes_per_session.set(per);
         let mut buf = Vec::new();
         // Encoding gathered families into a Vec cannot fail.

@@ -38,6 +38,8 @@ pub struct Node {
     pub draining: AtomicBool,
     /// Outbox limits of channel sessions.
     pub limits: OutboxLimits,
+    /// Long-poll sessions and forwarded requests.
+    pub longpoll: crate::transport::longpoll::LongPoll,
 }
 
 impl std::fmt::Debug for Node {
@@ -89,7 +91,9 @@ impl Node {
                     self.hub.fanout(&msg, None);
                 }
                 Delivery::Direct(msg) => {
-                    debug!(event = %msg.event, "direct message with no handler")
+                    if !crate::transport::longpoll::handle_direct(&self, &msg) {
+                        debug!(event = %msg.event, "direct message with no handler");
+                    }
                 }
             }
         }

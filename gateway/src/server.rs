@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::node::Node;
-use crate::transport::{echo, websocket};
+use crate::transport::{echo, longpoll, websocket};
 use crate::{demo, http_api};
 
 /// Longest a client may take to send request headers (slow-loris guard).
@@ -25,6 +25,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(node: Arc<Node>) -> axum::Router {
     axum::Router::new()
         .route("/socket/websocket", get(websocket::handshake))
+        .route("/socket/longpoll", any(longpoll::endpoint))
         .route("/ws-echo", get(echo::handshake))
         .route("/api/broadcast", post(http_api::broadcast))
         .route("/api/disconnect", post(http_api::disconnect))

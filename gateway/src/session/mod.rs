@@ -122,6 +122,11 @@ impl Session {
         }
     }
 
+    /// The serializer this session speaks.
+    pub fn serializer(&self) -> crate::protocol::Serializer {
+        self.wire.serializer
+    }
+
     fn reply(&self, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, reply: &Reply) {
         let out = Outgoing::Reply {
             join_ref,

@@ -2,7 +2,9 @@
 //! `Wire` names the exact bytes a session expects (serializer × framing), which is what the Hub
 //! encodes once per broadcast.
 
+pub mod connect;
 pub mod echo;
+pub mod longpoll;
 pub mod websocket;
 
 use bytes::Bytes;

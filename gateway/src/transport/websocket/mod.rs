@@ -19,66 +19,16 @@ use tracing::debug;
 
 pub use conn::{Conn, ConnLimits, Ended, Handler};
 
+use super::connect::authorize;
 use super::{Framing, Wire};
 use crate::auth::Claims;
 use crate::node::Node;
-use crate::protocol::{negotiate, ProtocolError, Serializer};
+use crate::protocol::{ProtocolError, Serializer};
 use crate::pubsub::Broadcast;
 use crate::session::{Close, CloseCode, Session, TransportKind};
 
 /// Prefix of the subprotocol that carries phoenix.js's `authToken`.
 const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
-
-/// Query parameters the handshake uses. For repeated keys the last value wins (Plug semantics).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ConnectParams {
-    /// `vsn`.
-    pub vsn: Option<String>,
-    /// `token`.
-    pub token: Option<String>,
-}
-
-impl ConnectParams {
-    /// Parse a query string.
-    pub fn parse(query: Option<&str>) -> Self {
-        let mut p = ConnectParams::default();
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match &*k {
-                "vsn" => p.vsn = Some(v.into_owned()),
-                "token" => p.token = Some(v.into_owned()),
-                _ => {}
-            }
-        }
-        p
-    }
-}
-
-/// Whether `origin` passes the allow-list (empty list or no Origin header: allowed).
-pub fn origin_allowed(allow: &[String], origin: Option<&str>) -> bool {
-    let Some(origin) = origin else { return true };
-    if allow.is_empty() {
-        return true;
-    }
-    let split = |s: &str| -> Option<(String, String, Option<String>)> {
-        let (scheme, rest) = s.split_once("://")?;
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p.to_owned())),
-            _ => (rest, None),
-        };
-        Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), port))
-    };
-    let Some((scheme, host, port)) = split(origin) else {
-        return false;
-    };
-    allow.iter().filter_map(|a| split(a)).any(|(s, h, p)| {
-        let host_ok = match h.strip_prefix("*.") {
-            Some(suffix) => host.ends_with(&format!(".{suffix}")) || host == suffix,
-            None => host == h,
-        };
-        s == scheme && host_ok && (p.is_none() || p == port)
-    })
-}
 
 /// The `authToken` from `Sec-WebSocket-Protocol`, and whether the client offered `phoenix`.
 fn auth_token(headers: &HeaderMap) -> (Option<String>, bool) {
@@ -127,30 +77,15 @@ pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Respo
     if node.is_draining() {
         return refuse(&node, StatusCode::SERVICE_UNAVAILABLE, "draining");
     }
-    let params = ConnectParams::parse(req.uri().query());
-    let serializer = match negotiate(params.vsn.as_deref()) {
-        Ok(s) => s,
-        Err(ProtocolError::UnsupportedVsn(_)) | Err(_) => {
-            return refuse(&node, StatusCode::FORBIDDEN, "vsn")
-        }
-    };
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    if !origin_allowed(&node.config.check_origin, origin) {
-        return refuse(&node, StatusCode::FORBIDDEN, "origin");
-    }
     let (sub_token, offered_phoenix) = auth_token(req.headers());
-    let claims = match node
-        .auth
-        .verify(sub_token.as_deref().or(params.token.as_deref()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(error = %e, "token refused");
-            return refuse(&node, StatusCode::FORBIDDEN, "auth");
-        }
+    let (serializer, claims) = match authorize(
+        &node,
+        req.uri().query(),
+        req.headers(),
+        sub_token.as_deref(),
+    ) {
+        Ok(x) => x,
+        Err(reason) => return refuse(&node, StatusCode::FORBIDDEN, reason),
     };
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
@@ -260,36 +195,6 @@ impl Handler for PhoenixHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn last_query_value_wins() {
-        let p = ConnectParams::parse(Some("token=user&vsn=2.0.0&token=session"));
-        assert_eq!(
-            p,
-            ConnectParams {
-                vsn: Some("2.0.0".into()),
-                token: Some("session".into())
-            }
-        );
-        assert_eq!(ConnectParams::parse(None), ConnectParams::default());
-    }
-
-    #[test]
-    fn origin_allow_list() {
-        let allow = vec![
-            "https://example.com".to_owned(),
-            "https://*.corp.io:8443".to_owned(),
-        ];
-        assert!(origin_allowed(&allow, None));
-        assert!(origin_allowed(&[], Some("https://evil.com")));
-        assert!(origin_allowed(&allow, Some("https://example.com")));
-        assert!(origin_allowed(&allow, Some("https://example.com:444")));
-        assert!(!origin_allowed(&allow, Some("http://example.com")));
-        assert!(!origin_allowed(&allow, Some("https://evil.com")));
-        assert!(origin_allowed(&allow, Some("https://a.corp.io:8443")));
-        assert!(!origin_allowed(&allow, Some("https://a.corp.io:9000")));
-        assert!(!origin_allowed(&allow, Some("garbage")));
-    }
 
     #[test]
     fn reads_the_auth_token_subprotocol() {
