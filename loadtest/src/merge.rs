@@ -38,6 +38,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
         m.sessions_joined += r.sessions_joined;
         m.sessions_failed += r.sessions_failed;
         m.workers += r.workers;
+        m.heartbeats += r.heartbeats;
         m.errors.add(&r.errors);
         m.duration_secs = m.duration_secs.max(r.duration_secs);
         m.ramp_secs = m.ramp_secs.max(r.ramp_secs);

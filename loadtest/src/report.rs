@@ -192,6 +192,8 @@ pub struct Report {
     pub connect_join_rate: f64,
     /// Connect + join latency.
     pub connect_join: Latency,
+    /// Heartbeats sent (their missing replies count as `heartbeat_timeout` errors).
+    pub heartbeats: u64,
     /// Capacity figures.
     pub capacity: Option<Capacity>,
     /// Fan-out figures.

@@ -264,3 +264,32 @@ async fn shard_reports_merge_into_the_whole_run() {
     assert_eq!(u(&m["connect_join"]["count"]), 101, "histograms were added");
     assert_eq!(m["shard"], serde_json::json!([1, 1]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_sessions_heartbeat_and_get_replies() {
+    let node = start_node().await;
+    let (code, r) = loadtest(s(&[
+        "capacity",
+        "--url",
+        &node.url,
+        "-n",
+        "50",
+        "--heartbeat-secs",
+        "1",
+        "--hold-secs",
+        "3",
+        "--fail-if",
+        "errors>0",
+    ]))
+    .await;
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    // Each session sends one heartbeat per second while held; an unanswered one would have
+    // counted as a heartbeat_timeout error when the next was due.
+    assert!(
+        u(&r["heartbeats"]) >= 100,
+        "heartbeats: {}",
+        r["heartbeats"]
+    );
+    assert_eq!(u(&r["errors"]["heartbeat_timeout"]), 0);
+    assert_eq!(r["capacity"]["loaded"]["sessions"].as_f64(), Some(50.0));
+}

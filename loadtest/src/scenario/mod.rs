@@ -128,6 +128,7 @@ pub fn base_report(
             0.0
         },
         connect_join: Latency::of(&hists[0]),
+        heartbeats: t.heartbeats,
         histograms: Hists::encode(&hists),
         ..Default::default()
     };
