@@ -33,23 +33,40 @@ struct ChatChannel {
 
 #[async_trait]
 impl Channel for ChatChannel {
-    async fn join(&mut self, _topic: &str, payload: &Payload, _ctx: &mut ChannelContext<'_>) -> Result<Join, ChannelError> {
-        let params: JoinParams = serde_json::from_slice(payload.bytes()).unwrap_or(JoinParams { user: String::new() });
+    async fn join(
+        &mut self,
+        _topic: &str,
+        payload: &Payload,
+        _ctx: &mut ChannelContext<'_>,
+    ) -> Result<Join, ChannelError> {
+        let params: JoinParams = serde_json::from_slice(payload.bytes()).unwrap_or(JoinParams {
+            user: String::new(),
+        });
         if params.user.trim().is_empty() {
-            return Ok(Join::Refuse(Payload::json(&json!({"reason": "nickname required"}))));
+            return Ok(Join::Refuse(Payload::json(
+                &json!({"reason": "nickname required"}),
+            )));
         }
         self.user = params.user;
         Ok(Join::Ok(Payload::json(&json!({"welcome": self.user}))))
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> Result<Option<Reply>, ChannelError> {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<'_>,
+    ) -> Result<Option<Reply>, ChannelError> {
         match event {
             "new_msg" => {
                 let Ok(msg) = serde_json::from_slice::<NewMsg>(payload.bytes()) else {
                     return Ok(Some(Reply::reason("body required")));
                 };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                ctx.broadcast("new_msg", Payload::json(&json!({"id": id, "user": self.user, "body": msg.body})));
+                ctx.broadcast(
+                    "new_msg",
+                    Payload::json(&json!({"id": id, "user": self.user, "body": msg.body})),
+                );
                 Ok(Some(Reply::ok(Payload::json(&json!({"id": id})))))
             }
             _ => Ok(Some(Reply::reason("unknown event"))),
@@ -60,8 +77,14 @@ impl Channel for ChatChannel {
         &["new_msg"]
     }
 
-    async fn handle_out(&mut self, _event: &str, payload: Payload, _ctx: &mut ChannelContext<'_>) -> Result<Option<Payload>, ChannelError> {
-        let mut msg: Value = serde_json::from_slice(payload.bytes()).map_err(|_| ChannelError("bad broadcast".into()))?;
+    async fn handle_out(
+        &mut self,
+        _event: &str,
+        payload: Payload,
+        _ctx: &mut ChannelContext<'_>,
+    ) -> Result<Option<Payload>, ChannelError> {
+        let mut msg: Value = serde_json::from_slice(payload.bytes())
+            .map_err(|_| ChannelError("bad broadcast".into()))?;
         msg["mine"] = json!(msg["user"] == json!(self.user));
         Ok(Some(Payload::json(&msg)))
     }
@@ -73,7 +96,10 @@ async fn main() -> Result<(), gateway::Error> {
     let next_id = Arc::new(AtomicU64::new(1));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
     Gateway::new(Config::default())
-        .channel("chat:*", move |_topic| ChatChannel { user: String::new(), next_id: next_id.clone() })
+        .channel("chat:*", move |_topic| ChatChannel {
+            user: String::new(),
+            next_id: next_id.clone(),
+        })
         .run(listener, async {
             let _ = tokio::signal::ctrl_c().await;
         })
