@@ -85,6 +85,9 @@ pub struct Cli {
     /// Cluster-wide key for long-poll tokens (default: random per node; only the owner verifies).
     #[arg(long, env = "GATEWAY_LONGPOLL_SECRET", hide_env_values = true)]
     pub longpoll_secret: Option<String>,
+    /// phoenix.js browser build for the demo page (default: node_modules/phoenix nearby, else a CDN).
+    #[arg(long, env = "GATEWAY_PHOENIX_JS")]
+    pub phoenix_js: Option<PathBuf>,
     /// Serve /ws-echo, a plain WebSocket echo for conformance tests.
     #[arg(long, env = "GATEWAY_WS_ECHO")]
     pub ws_echo: bool,
@@ -141,6 +144,7 @@ impl Cli {
             longpoll_window: Duration::from_millis(self.longpoll_window_ms),
             longpoll_expiry: Duration::from_millis(self.longpoll_expiry_ms),
             longpoll_secret: self.longpoll_secret,
+            phoenix_js: crate::demo::find_phoenix_js(self.phoenix_js),
             ws_echo: self.ws_echo,
             channels,
         })

@@ -61,6 +61,8 @@ pub struct Config {
     pub longpoll_expiry: Duration,
     /// Cluster-wide long-poll token key; `None` = random per node (only the owner verifies).
     pub longpoll_secret: Option<String>,
+    /// The phoenix.js browser build served at `/assets/phoenix.min.js` for the demo page.
+    pub phoenix_js: Option<std::path::PathBuf>,
     /// Serve `/ws-echo`, a plain WebSocket echo for conformance tests (default off).
     pub ws_echo: bool,
     /// Channel rules; empty = the demo channel (`room:*`).
@@ -89,6 +91,7 @@ impl Default for Config {
             longpoll_window: Duration::from_secs(10),
             longpoll_expiry: Duration::from_secs(15),
             longpoll_secret: None,
+            phoenix_js: None,
             ws_echo: false,
             channels: Vec::new(),
         }

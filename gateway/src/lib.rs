@@ -21,7 +21,7 @@ pub mod auth;
 pub mod channel;
 pub mod cli;
 pub mod config;
-mod demo;
+pub mod demo;
 pub mod http_api;
 pub mod hub;
 pub mod metrics;

@@ -33,6 +33,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         .route("/readyz", get(http_api::readyz))
         .route("/metrics", get(http_api::metrics))
         .route("/", get(demo::page))
+        .route("/assets/phoenix.min.js", get(demo::phoenix_js))
         .with_state(node)
 }
 
