@@ -24,6 +24,9 @@ pub enum Cmd {
     Fanout(FanoutArgs),
     /// Connect / join / leave / disconnect storms.
     Churn(ChurnArgs),
+    /// Sessions spread over several nodes; when a node closes them (drain, crash, or
+    /// `--kill-pid`), they re-join on the next node: closures, reconnects, recovery time.
+    Failover(FailoverArgs),
     /// Merge the JSON reports of `--shard` runs into one report.
     Merge(MergeArgs),
     /// Internal: one worker process (JSON lines on stdin/stdout).
@@ -148,6 +151,26 @@ pub struct ChurnArgs {
     /// Milliseconds each session stays joined before leaving.
     #[arg(long, default_value_t = 0)]
     pub hold_ms: u64,
+}
+
+/// `failover` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    /// Shared flags (repeat --url: session i starts on node i mod nodes, re-joins on the next).
+    #[command(flatten)]
+    pub common: Common,
+    /// Topics to spread the sessions over.
+    #[arg(long, default_value_t = 10)]
+    pub topics: u64,
+    /// Observation window after the ramp, seconds (ends early once every closed session is back).
+    #[arg(long, default_value_t = 30)]
+    pub hold_secs: u64,
+    /// Send SIGTERM to this gateway pid (one you started) `--kill-after-secs` after the ramp.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Delay between the end of the ramp and the kill, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub kill_after_secs: u64,
 }
 
 /// `merge` flags.

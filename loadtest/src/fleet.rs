@@ -256,6 +256,9 @@ pub fn sum(all: &[WorkerStats]) -> WorkerStats {
         t.cycles += s.cycles;
         t.heartbeats += s.heartbeats;
         t.last_join_us = t.last_join_us.max(s.last_join_us);
+        t.reconnects += s.reconnects;
+        t.first_close_us = t.first_close_us.min(s.first_close_us);
+        t.last_rejoin_us = t.last_rejoin_us.max(s.last_rejoin_us);
     }
     t
 }

@@ -18,7 +18,9 @@ mod scenario;
 mod session;
 mod slo;
 mod stats;
+mod summary;
 mod target;
+mod tasks;
 mod worker;
 mod ws;
 
@@ -84,6 +86,10 @@ async fn coordinate(cmd: Cmd) -> Result<bool, RunError> {
         Cmd::Churn(a) => {
             precheck(&a.common.fail_if)?;
             (scenario::churn::run(&a).await?, Outputs::of(&a.common))
+        }
+        Cmd::Failover(a) => {
+            precheck(&a.common.fail_if)?;
+            (scenario::failover::run(&a).await?, Outputs::of(&a.common))
         }
         Cmd::Merge(a) => {
             precheck(&a.fail_if)?;

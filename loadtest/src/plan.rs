@@ -135,6 +135,7 @@ pub fn build(
                 cycles: piece(cycles, workers, w).1,
                 churn_hold_ms,
                 deadline_ms: c.max_secs * 1000,
+                reconnect: false,
             }
         })
         .collect())

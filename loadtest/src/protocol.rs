@@ -52,6 +52,10 @@ pub struct WorkerPlan {
     pub churn_hold_ms: u64,
     /// Hard limit on the worker's run time before it stops by itself.
     pub deadline_ms: u64,
+    /// Hold mode: when the server closes a joined session, reconnect (to the next target) and
+    /// re-join (failover).
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 impl WorkerPlan {
@@ -116,6 +120,7 @@ mod tests {
             cycles: 0,
             churn_hold_ms: 0,
             deadline_ms: 1000,
+            reconnect: false,
         };
         assert_eq!(plan.topic(11), "room:lt2");
         let line = serde_json::to_string(&Command::Start(Box::new(plan.clone()))).unwrap();

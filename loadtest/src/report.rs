@@ -6,7 +6,6 @@ use crate::slo::SloResult;
 use crate::stats::{decode_hist, encode_hist, ErrorCounts, HistError};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 
 /// Percentiles of one latency histogram, microseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -161,6 +160,29 @@ pub struct Churn {
     pub leave_latency: Latency,
 }
 
+/// Failover figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    /// Sessions joined before the failure.
+    pub sessions_before: u64,
+    /// Pid sent SIGTERM, if any.
+    pub killed_pid: Option<u32>,
+    /// When the kill was sent, µs since epoch.
+    pub kill_us: Option<u64>,
+    /// Joined sessions the server closed.
+    pub closed_by_server: u64,
+    /// Sessions re-joined on another node.
+    pub reconnects: u64,
+    /// Sessions joined at the end of the window.
+    pub sessions_after: u64,
+    /// Every closed session came back.
+    pub recovered: bool,
+    /// First close to last re-join, seconds.
+    pub recovery_secs: Option<f64>,
+    /// Kill to last re-join, seconds.
+    pub from_kill_secs: Option<f64>,
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -200,120 +222,13 @@ pub struct Report {
     pub fanout: Option<Fanout>,
     /// Churn figures.
     pub churn: Option<Churn>,
+    /// Failover figures.
+    #[serde(default)]
+    pub failover: Option<Failover>,
     /// Raw histograms.
     pub histograms: Hists,
     /// SLO gate results.
     pub slo: Vec<SloResult>,
     /// No gate violated.
     pub passed: bool,
-}
-
-impl Report {
-    /// The table printed at the end of a run.
-    pub fn summary(&self) -> String {
-        let mut s = String::new();
-        let ms = |us: u64| us as f64 / 1000.0;
-        let lat =
-            |l: &Latency| {
-                format!(
-                "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={})",
-                ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.max_us), l.count
-            )
-            };
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(s, "  {k:<24} {v}");
-        };
-        row(
-            "scenario",
-            format!(
-                "{} (shard {}/{}, {} workers)",
-                self.scenario, self.shard[0], self.shard[1], self.workers
-            ),
-        );
-        row("duration", format!("{:.1} s", self.duration_secs));
-        row(
-            "sessions",
-            format!(
-                "{} joined / {} requested, {} failed",
-                self.sessions_joined, self.sessions_requested, self.sessions_failed
-            ),
-        );
-        row(
-            "connect+join rate",
-            format!(
-                "{:.0} sessions/s over {:.2} s",
-                self.connect_join_rate, self.ramp_secs
-            ),
-        );
-        row("connect+join latency", lat(&self.connect_join));
-        if let Some(c) = &self.capacity {
-            let opt = |v: Option<f64>| v.map_or("n/a".into(), |b| format!("{b:.0} B"));
-            row("bytes/session (metrics)", opt(c.bytes_per_session_metrics));
-            row("bytes/session (/proc)", opt(c.bytes_per_session_proc));
-            row(
-                "server RSS",
-                format!(
-                    "{:.1} MiB -> {:.1} MiB (metrics)",
-                    c.baseline.rss_bytes / 1048576.0,
-                    c.loaded.rss_bytes / 1048576.0
-                ),
-            );
-            row("server sessions gauge", format!("{}", c.loaded.sessions));
-            let ramp = c.proc_cpu_seconds_ramp.unwrap_or(c.cpu_seconds_ramp);
-            let hold = c.proc_cpu_seconds_hold.unwrap_or(c.cpu_seconds_hold);
-            let per = c
-                .cpu_us_per_join
-                .map_or("n/a".into(), |v| format!("{v:.0}"));
-            row(
-                "server CPU",
-                format!("ramp {ramp:.2} s ({per} us/join), hold {hold:.2} s"),
-            );
-        }
-        if let Some(f) = &self.fanout {
-            row(
-                "publishes",
-                format!(
-                    "{} ok / {} at {:.1}/s (target {:.1}/s)",
-                    f.publishes_ok, f.publishes, f.publish_rate, f.publish_rate_target
-                ),
-            );
-            row("publish latency", lat(&f.publish_latency));
-            row(
-                "deliveries",
-                format!(
-                    "{} ({} unique, {} duplicates) of {} expected",
-                    f.deliveries, f.unique, f.duplicates, f.expected
-                ),
-            );
-            row(
-                "loss",
-                format!("{} ({:.4} %)", f.loss, f.loss_ratio * 100.0),
-            );
-            row("deliveries/s", format!("{:.0}", f.deliveries_per_sec));
-            row("delivery latency", lat(&f.latency));
-        }
-        if let Some(c) = &self.churn {
-            row(
-                "cycles",
-                format!(
-                    "{} / {} at {:.0}/s",
-                    c.cycles, c.cycles_requested, c.cycles_per_sec
-                ),
-            );
-            row("leave latency", lat(&c.leave_latency));
-        }
-        row("errors", format!("{} {:?}", self.errors_total, self.errors));
-        for g in &self.slo {
-            let v = g.value.map_or("not measured".into(), |v| format!("{v}"));
-            row(
-                "slo",
-                format!(
-                    "{} (value {v}) {}",
-                    g.expr,
-                    if g.violated { "VIOLATED" } else { "ok" }
-                ),
-            );
-        }
-        s
-    }
 }

@@ -5,7 +5,8 @@
 //! Metrics: `p50 p90 p99 p999 max mean` (latency of the scenario's main histogram: delivery for
 //! fan-out, connect+join otherwise), `loss`, `duplicates`, `errors`, `failed` (counts, or with
 //! `%` relative to expected deliveries / sessions), `bytes_per_session`, `rate` (connect+join
-//! sessions/s), `deliveries_per_sec`, `cycles_per_sec`. Units: `us ms s` for latency, `%`,
+//! sessions/s), `deliveries_per_sec`, `cycles_per_sec`, `recovery` (failover: first close to last
+//! re-join). Units: `us ms s` for latency, `%`,
 //! `B KiB MiB` for bytes.
 
 use crate::report::{Latency, Report};
@@ -29,7 +30,7 @@ pub enum SloError {
     #[error("no operator (> >= < <= ==) in {0:?}")]
     NoOperator(String),
     /// Unknown metric name.
-    #[error("unknown metric {0:?} (p50 p90 p99 p999 max mean loss duplicates errors failed bytes_per_session rate deliveries_per_sec cycles_per_sec)")]
+    #[error("unknown metric {0:?} (p50 p90 p99 p999 max mean loss duplicates errors failed bytes_per_session rate deliveries_per_sec cycles_per_sec recovery)")]
     Metric(String),
     /// Threshold not a number with a known unit.
     #[error("bad threshold {0:?}")]
@@ -66,6 +67,7 @@ const METRICS: &[&str] = &[
     "rate",
     "deliveries_per_sec",
     "cycles_per_sec",
+    "recovery",
 ];
 
 /// Parses `metric op threshold[unit]`.
@@ -153,6 +155,7 @@ fn value(g: &Gate, r: &Report) -> Option<f64> {
         "rate" => r.connect_join_rate,
         "deliveries_per_sec" => r.fanout.as_ref()?.deliveries_per_sec,
         "cycles_per_sec" => r.churn.as_ref()?.cycles_per_sec,
+        "recovery" => r.failover.as_ref()?.recovery_secs? * 1e6,
         _ => return None,
     })
 }

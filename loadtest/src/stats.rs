@@ -156,6 +156,12 @@ pub struct Stats {
     pub heartbeats: AtomicU64,
     /// Latest successful join, µs since epoch (end of the ramp).
     pub last_join_us: AtomicU64,
+    /// Sessions re-joined after the server closed them (failover).
+    pub reconnects: AtomicU64,
+    /// First server-side close of a joined session, µs since epoch (`u64::MAX` until one).
+    pub first_close_us: AtomicU64,
+    /// Latest re-join after a close, µs since epoch.
+    pub last_rejoin_us: AtomicU64,
     /// Connect + upgrade + join latency, µs.
     pub connect_join: Mutex<Histogram<u64>>,
     /// Probe end-to-end latency (publisher timestamp to receipt), µs.
@@ -179,6 +185,9 @@ impl Default for Stats {
             cycles: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             last_join_us: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            first_close_us: AtomicU64::new(u64::MAX),
+            last_rejoin_us: AtomicU64::new(0),
             connect_join: Mutex::new(new_hist()),
             delivery: Mutex::new(new_hist()),
             leave: Mutex::new(new_hist()),
@@ -253,6 +262,9 @@ impl Stats {
             cycles: l(&self.cycles),
             heartbeats: l(&self.heartbeats),
             last_join_us: l(&self.last_join_us),
+            reconnects: l(&self.reconnects),
+            first_close_us: l(&self.first_close_us),
+            last_rejoin_us: l(&self.last_rejoin_us),
             connect_join_hist: h(&self.connect_join),
             delivery_hist: h(&self.delivery),
             leave_hist: h(&self.leave),
@@ -287,6 +299,12 @@ pub struct WorkerStats {
     pub heartbeats: u64,
     /// See [`Stats::last_join_us`].
     pub last_join_us: u64,
+    /// See [`Stats::reconnects`].
+    pub reconnects: u64,
+    /// See [`Stats::first_close_us`].
+    pub first_close_us: u64,
+    /// See [`Stats::last_rejoin_us`].
+    pub last_rejoin_us: u64,
     /// Base64 V2 histogram (empty in progress snapshots).
     pub connect_join_hist: String,
     /// Base64 V2 histogram (empty in progress snapshots).

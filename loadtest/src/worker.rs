@@ -5,10 +5,9 @@
 //! rate and bounds connects in flight with a semaphore. Everything ends by the plan's deadline
 //! even if the coordinator goes silent.
 
-use crate::protocol::{Command, Event, Mode, WorkerPlan};
-use crate::session::{now_us, Session};
-use crate::stats::{record, Stats};
-use crate::target::source_ip;
+use crate::protocol::{Command, Event, Mode};
+use crate::stats::Stats;
+use crate::tasks::{churn_lane, hold_session, Shared};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +18,6 @@ use tokio_util::task::TaskTracker;
 
 /// How often the worker reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-/// How long sessions get to close politely after stop.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Upper bound on waiting for all session tasks after stop.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
 
@@ -36,22 +33,6 @@ pub enum WorkerError {
     /// The first line was not `start`.
     #[error("expected a start command first")]
     NoPlan,
-}
-
-/// State shared by the ramp and the session tasks.
-struct Shared {
-    /// The plan.
-    plan: WorkerPlan,
-    /// Counters and histograms.
-    stats: Stats,
-    /// Joined sessions per topic index.
-    by_topic: Vec<AtomicU64>,
-    /// Sessions settled (joined or failed) in hold mode; lanes finished in churn mode.
-    settled: AtomicU64,
-    /// Churn cycles not yet claimed by a lane.
-    budget: AtomicU64,
-    /// Set when the ramp has started every session or lane.
-    ramped: AtomicBool,
 }
 
 /// Entry point of `loadtest worker`.
@@ -153,7 +134,7 @@ async fn ramp(
         let (sh, st) = (shared.clone(), stop.clone());
         match plan.mode {
             Mode::Hold => tracker.spawn(async move {
-                hold_session(&sh, plan_idx(&sh, i), permit, st).await;
+                hold_session(&sh, sh.plan.first + i, permit, st).await;
             }),
             Mode::Churn => {
                 drop(permit);
@@ -162,143 +143,4 @@ async fn ramp(
         };
     }
     shared.ramped.store(true, Ordering::Release);
-}
-
-/// Global session index of the worker's `i`-th session.
-fn plan_idx(sh: &Shared, i: u64) -> u64 {
-    sh.plan.first + i
-}
-
-/// Opens session `idx`, recording the outcome; counts it as settled either way.
-async fn open(sh: &Shared, idx: u64) -> Option<Session> {
-    let plan = &sh.plan;
-    let target = &plan.targets[(idx % plan.targets.len() as u64) as usize];
-    let t0 = Instant::now();
-    let timeout = Duration::from_millis(plan.join_timeout_ms);
-    // Boxed: the handshake's state (read chunk, response head) lives on the heap only while
-    // connecting, instead of sizing every long-lived session task for it.
-    let res = Box::pin(Session::open(
-        target,
-        source_ip(idx, plan.sources),
-        plan.topic(idx),
-        timeout,
-        &sh.stats,
-    ))
-    .await;
-    match res {
-        Ok(s) => {
-            record(&sh.stats.connect_join, t0.elapsed().as_micros() as u64);
-            sh.stats.joined.fetch_add(1, Ordering::Relaxed);
-            sh.stats.last_join_us.fetch_max(now_us(), Ordering::Relaxed);
-            Some(s)
-        }
-        Err(kind) => {
-            sh.stats.error(kind);
-            sh.stats.failed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
-/// Hold mode: join, stay joined until stop, close.
-async fn hold_session(
-    sh: &Shared,
-    idx: u64,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    mut stop: watch::Receiver<bool>,
-) {
-    let session = Box::pin(open(sh, idx)).await;
-    drop(permit);
-    let Some(mut s) = session else {
-        sh.settled.fetch_add(1, Ordering::Release);
-        return;
-    };
-    let topic = (idx % sh.plan.topics.max(1)) as usize;
-    sh.by_topic[topic].fetch_add(1, Ordering::Relaxed);
-    sh.stats.active.fetch_add(1, Ordering::Relaxed);
-    sh.settled.fetch_add(1, Ordering::Release);
-    let heartbeat = Duration::from_millis(sh.plan.heartbeat_ms.max(1));
-    let r = s.hold(heartbeat, &sh.stats, &mut stop).await;
-    sh.stats.active.fetch_sub(1, Ordering::Relaxed);
-    match r {
-        Ok(()) => Box::pin(s.close(CLOSE_GRACE, &sh.stats)).await,
-        Err(kind) => sh.stats.error(kind),
-    }
-}
-
-/// Churn mode: repeat connect, join, short hold, leave, close until the budget, the deadline
-/// or stop ends it.
-async fn churn_lane(sh: &Shared, lane: u64, stop: watch::Receiver<bool>, deadline: Instant) {
-    let plan = &sh.plan;
-    let hold = Duration::from_millis(plan.churn_hold_ms);
-    let timeout = Duration::from_millis(plan.join_timeout_ms);
-    let mut k = 0u64;
-    while !*stop.borrow()
-        && Instant::now() < deadline
-        && sh
-            .budget
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
-            .is_ok()
-    {
-        let idx = plan.first + lane + k * plan.count;
-        k += 1;
-        let Some(mut s) = open(sh, idx).await else {
-            continue;
-        };
-        sh.stats.active.fetch_add(1, Ordering::Relaxed);
-        if !hold.is_zero() {
-            tokio::time::sleep(hold.min(deadline.saturating_duration_since(Instant::now()))).await;
-        }
-        let t0 = Instant::now();
-        let left = s.leave(timeout, &sh.stats).await;
-        sh.stats.active.fetch_sub(1, Ordering::Relaxed);
-        match left {
-            Ok(()) => record(&sh.stats.leave, t0.elapsed().as_micros() as u64),
-            Err(kind) => sh.stats.error(kind),
-        }
-        s.close(CLOSE_GRACE, &sh.stats).await;
-        sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
-    }
-    sh.settled.fetch_add(1, Ordering::Release);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::target::Target;
-
-    /// The long-lived part of a session task must stay small: this is the client's idle cost.
-    #[test]
-    fn idle_session_task_is_small() {
-        let plan = WorkerPlan {
-            worker: 0,
-            mode: Mode::Hold,
-            targets: vec![Target::parse("ws://127.0.0.1:1").unwrap()],
-            first: 0,
-            count: 1,
-            rate: 1.0,
-            max_inflight: 1,
-            sources: 1,
-            topic_prefix: "room:".into(),
-            topics: 1,
-            join_timeout_ms: 1,
-            heartbeat_ms: 1,
-            cycles: 0,
-            churn_hold_ms: 0,
-            deadline_ms: 1,
-        };
-        let sh = Shared {
-            plan,
-            stats: Stats::default(),
-            by_topic: vec![AtomicU64::new(0)],
-            settled: AtomicU64::new(0),
-            budget: AtomicU64::new(0),
-            ramped: AtomicBool::new(false),
-        };
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let (_tx, rx) = watch::channel(false);
-        let fut = hold_session(&sh, 0, permit, rx);
-        let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1024, "hold_session future is {size} bytes");
-    }
 }

@@ -293,3 +293,61 @@ async fn held_sessions_heartbeat_and_get_replies() {
     assert_eq!(u(&r["errors"]["heartbeat_timeout"]), 0);
     assert_eq!(r["capacity"]["loaded"]["sessions"].as_f64(), Some(50.0));
 }
+
+/// `gateway_sessions` of the node behind `url`, read from its `/metrics`.
+async fn server_sessions(url: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("gateway_sessions"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_rejoins_sessions_of_a_drained_node_on_the_other() {
+    let mut a = start_node().await;
+    let b = start_node().await;
+    let run = tokio::spawn(loadtest(s(&[
+        "failover",
+        "--url",
+        &a.url,
+        "--url",
+        &b.url,
+        "-n",
+        "100",
+        "--hold-secs",
+        "30",
+        "--fail-if",
+        "recovery>10s",
+    ])));
+    // Session i starts on node i mod 2: wait (bounded) until node A holds its 50.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server_sessions(&a.url).await < 50.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node A never got its sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain node A: its sessions are closed with 1012 and must re-join on node B.
+    let _ = a.stop.take().unwrap().send(());
+    let (code, r) = run.await.unwrap();
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    let f = &r["failover"];
+    assert_eq!(u(&f["sessions_before"]), 100);
+    assert_eq!(u(&f["closed_by_server"]), 50);
+    assert_eq!(u(&f["reconnects"]), 50);
+    assert_eq!(u(&f["sessions_after"]), 100);
+    assert_eq!(f["recovered"], Value::Bool(true));
+    assert_eq!(
+        server_sessions(&b.url).await,
+        0.0,
+        "loadtest closed its sessions at the end"
+    );
+}

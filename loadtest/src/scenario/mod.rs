@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod churn;
+pub mod failover;
 pub mod fanout;
 
 use crate::cli::Common;

@@ -1,0 +1,137 @@
+//! The human-readable summary table printed at the end of a run (the JSON report carries the
+//! same figures).
+
+use crate::report::{Latency, Report};
+use std::fmt::Write as _;
+
+impl Report {
+    /// The table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let lat =
+            |l: &Latency| {
+                format!(
+                "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={})",
+                ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.max_us), l.count
+            )
+            };
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(s, "  {k:<24} {v}");
+        };
+        row(
+            "scenario",
+            format!(
+                "{} (shard {}/{}, {} workers)",
+                self.scenario, self.shard[0], self.shard[1], self.workers
+            ),
+        );
+        row("duration", format!("{:.1} s", self.duration_secs));
+        row(
+            "sessions",
+            format!(
+                "{} joined / {} requested, {} failed",
+                self.sessions_joined, self.sessions_requested, self.sessions_failed
+            ),
+        );
+        row(
+            "connect+join rate",
+            format!(
+                "{:.0} sessions/s over {:.2} s",
+                self.connect_join_rate, self.ramp_secs
+            ),
+        );
+        row("connect+join latency", lat(&self.connect_join));
+        if let Some(c) = &self.capacity {
+            let opt = |v: Option<f64>| v.map_or("n/a".into(), |b| format!("{b:.0} B"));
+            row("bytes/session (metrics)", opt(c.bytes_per_session_metrics));
+            row("bytes/session (/proc)", opt(c.bytes_per_session_proc));
+            row(
+                "server RSS",
+                format!(
+                    "{:.1} MiB -> {:.1} MiB (metrics)",
+                    c.baseline.rss_bytes / 1048576.0,
+                    c.loaded.rss_bytes / 1048576.0
+                ),
+            );
+            row("server sessions gauge", format!("{}", c.loaded.sessions));
+            let ramp = c.proc_cpu_seconds_ramp.unwrap_or(c.cpu_seconds_ramp);
+            let hold = c.proc_cpu_seconds_hold.unwrap_or(c.cpu_seconds_hold);
+            let per = c
+                .cpu_us_per_join
+                .map_or("n/a".into(), |v| format!("{v:.0}"));
+            row(
+                "server CPU",
+                format!("ramp {ramp:.2} s ({per} us/join), hold {hold:.2} s"),
+            );
+        }
+        if let Some(f) = &self.fanout {
+            row(
+                "publishes",
+                format!(
+                    "{} ok / {} at {:.1}/s (target {:.1}/s)",
+                    f.publishes_ok, f.publishes, f.publish_rate, f.publish_rate_target
+                ),
+            );
+            row("publish latency", lat(&f.publish_latency));
+            row(
+                "deliveries",
+                format!(
+                    "{} ({} unique, {} duplicates) of {} expected",
+                    f.deliveries, f.unique, f.duplicates, f.expected
+                ),
+            );
+            row(
+                "loss",
+                format!("{} ({:.4} %)", f.loss, f.loss_ratio * 100.0),
+            );
+            row("deliveries/s", format!("{:.0}", f.deliveries_per_sec));
+            row("delivery latency", lat(&f.latency));
+        }
+        if let Some(c) = &self.churn {
+            row(
+                "cycles",
+                format!(
+                    "{} / {} at {:.0}/s",
+                    c.cycles, c.cycles_requested, c.cycles_per_sec
+                ),
+            );
+            row("leave latency", lat(&c.leave_latency));
+        }
+        if let Some(f) = &self.failover {
+            row(
+                "closed by server",
+                format!("{} of {} joined", f.closed_by_server, f.sessions_before),
+            );
+            row(
+                "re-joined",
+                format!(
+                    "{} (sessions at end {}, recovered: {})",
+                    f.reconnects, f.sessions_after, f.recovered
+                ),
+            );
+            let secs = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.3} s"));
+            row(
+                "recovery",
+                format!(
+                    "{} from first close, {} from kill",
+                    secs(f.recovery_secs),
+                    secs(f.from_kill_secs)
+                ),
+            );
+        }
+        row("errors", format!("{} {:?}", self.errors_total, self.errors));
+        for g in &self.slo {
+            let v = g.value.map_or("not measured".into(), |v| format!("{v}"));
+            row(
+                "slo",
+                format!(
+                    "{} (value {v}) {}",
+                    g.expr,
+                    if g.violated { "VIOLATED" } else { "ok" }
+                ),
+            );
+        }
+        s
+    }
+}
