@@ -8,6 +8,7 @@
 import {createHmac} from "node:crypto"
 import {Socket} from "phoenix"
 import WebSocket from "ws"
+import {startCluster, startProxy} from "./cluster.mjs"
 import {startGateway} from "./gateway.mjs"
 
 export const DEFAULT_WAIT_MS = 5000
@@ -231,6 +232,8 @@ export class Fixture {
     this.gateways = []
     this.clients = []
     this.raws = []
+    this.proxies = []
+    this.redises = []
     this.channelIds = 0
     this.pushTimeout = 5000
   }
@@ -247,7 +250,20 @@ export class Fixture {
     return gw
   }
 
-  /** A phoenix.js Socket (ws transport) to `gw`, connected at once. */
+  /** `n` nodes clustered through a private redis-server, all ready: {redis, nodes}. */
+  cluster(n, opts = {}){
+    return startCluster(this, n, opts)
+  }
+
+  /** A round-robin proxy in front of `targets` (see RoundRobinProxy in cluster.mjs). */
+  proxy(targets, opts = {}){
+    return startProxy(this, targets, opts)
+  }
+
+  /**
+   * A phoenix.js Socket to `gw` (a gateway or a proxy), connected at once; the ws transport
+   * unless `opts.transport` says otherwise (e.g. LongPoll).
+   */
   client(gw, opts = {}, name = `client${this.clients.length + 1}`){
     const c = new Client(this, name, gw.socketUrl, opts)
     this.clients.push(c)
@@ -266,7 +282,9 @@ export class Fixture {
   async cleanup(){
     await Promise.all(this.clients.map(c => c.disconnect()))
     await Promise.all(this.raws.map(r => r.close()))
+    await Promise.all(this.proxies.map(p => p.stop()))
     await Promise.all(this.gateways.map(g => g.stop()))
+    await Promise.all(this.redises.map(r => r.stop()))
   }
 }
 
