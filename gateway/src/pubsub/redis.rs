@@ -283,6 +283,12 @@ mod tests {
             let adapter = RedisAdapter::start(config, Arc::new(Metrics::new()), tx)
                 .await
                 .unwrap();
+            // `start` does not wait for Redis: the suite begins once the node hears itself.
+            let mut health = adapter.health.clone();
+            tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| h.ready))
+                .await
+                .expect("adapter never became ready")
+                .unwrap();
             let ps: SharedPubSub = Arc::new(adapter);
             (ps, rx)
         })

@@ -98,7 +98,7 @@ impl Session {
         node: Arc<Node>,
         handle: Arc<SessionHandle>,
         wire: Wire,
-        claims: Option<Claims>,
+        claims: Option<Box<Claims>>,
     ) -> Self {
         node.metrics
             .sessions
@@ -110,13 +110,13 @@ impl Session {
             .inc();
         let id_topic = claims
             .as_ref()
-            .and_then(Claims::session_id)
+            .and_then(|c| c.session_id())
             .map(|id| node.hub.subscribe(&id, &handle, SubKind::SessionId));
         Session {
             node,
             handle,
             wire,
-            claims: claims.map(Box::new),
+            claims,
             id_topic,
             channels: Vec::new(),
         }

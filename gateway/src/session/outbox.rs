@@ -6,10 +6,12 @@
 //! and the pusher moves on, so one slow reader never slows a broadcast down.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use super::close::{Close, CloseCode};
 use crate::pubsub::Broadcast;
@@ -68,8 +70,11 @@ struct State {
 pub struct Outbox {
     /// Queue and close request, behind one short-held lock.
     state: Mutex<State>,
-    /// Wakes the session's task after a push or a close request.
-    wake: Notify,
+    /// Set by a push or close request, cleared by the consumer when it wakes.
+    signalled: AtomicBool,
+    /// The consumer's waker. An `AtomicWaker` rather than a `Notify`: it is smaller and needs
+    /// no waiter storage in the consumer's future, which matters at a million idle sessions.
+    waker: AtomicWaker,
 }
 
 impl Outbox {
@@ -91,7 +96,7 @@ impl Outbox {
             s.bytes = 0;
             s.close = Some(Close::new(CloseCode::SLOW_CONSUMER, "slow consumer"));
             drop(s);
-            self.wake.notify_one();
+            self.signal();
             return Pushed::Overflow;
         }
         s.bytes += weight;
@@ -100,7 +105,7 @@ impl Outbox {
         drop(s);
         // Only the first item of a batch needs a wake-up; the task takes everything at once.
         if was_empty {
-            self.wake.notify_one();
+            self.signal();
         }
         Pushed::Queued
     }
@@ -112,7 +117,24 @@ impl Outbox {
             s.close = Some(close);
         }
         drop(s);
-        self.wake.notify_one();
+        self.signal();
+    }
+
+    fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once something was pushed or a close requested since the last ready.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Move every queued item into `into` and return the pending close request, if any.
@@ -133,9 +155,9 @@ impl Outbox {
     }
 
     /// Wait until something is pushed or a close is requested (a wake-up that happened while
-    /// nobody waited is remembered).
+    /// nobody waited is remembered). One consumer at a time: the latest waiter is the one woken.
     pub async fn wait(&self) {
-        self.wake.notified().await;
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await;
     }
 }
 

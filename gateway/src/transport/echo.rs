@@ -41,16 +41,9 @@ pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Respo
         let mut echo = Echo {
             handle: handle.clone(),
         };
-        Conn::new(
-            stream,
-            leftover,
-            &handle,
-            &node.metrics,
-            &node.registry.clock,
-            ECHO_LIMITS,
-        )
-        .run(&mut echo)
-        .await;
+        Conn::new(stream, leftover, node.clone(), handle.clone(), ECHO_LIMITS)
+            .run(&mut echo)
+            .await;
         node.registry.remove(handle.key);
     });
     resp.map(Body::new)

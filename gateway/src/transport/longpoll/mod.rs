@@ -270,7 +270,7 @@ fn connect(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> LpRepl
         nonce,
         node.pubsub.node_id(),
     );
-    let session = Session::new(node.clone(), handle.clone(), wire, claims);
+    let session = Session::new(node.clone(), handle.clone(), wire, claims.map(Box::new));
     let lp = Arc::new(LpSession {
         handle,
         session: tokio::sync::Mutex::new(Some(session)),

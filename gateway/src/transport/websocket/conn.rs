@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -19,9 +20,9 @@ use tokio::net::TcpStream;
 use super::codec::{
     encode_close, encode_frame, parse_close, parse_frame, Assembler, FrameError, OpCode,
 };
-use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::pubsub::Broadcast;
-use crate::session::{Clock, Close, CloseCode, OutItem, OutboxLimits, SessionHandle};
+use crate::session::{Close, CloseCode, OutItem, OutboxLimits, SessionHandle};
 
 /// What a transport hands complete messages to.
 pub trait Handler: Send {
@@ -81,20 +82,32 @@ const MAX_IOV: usize = 64;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// One WebSocket connection.
-pub struct Conn<'a> {
+pub struct Conn {
     stream: TcpStream,
-    session: &'a SessionHandle,
-    metrics: &'a Metrics,
-    clock: &'a Clock,
+    /// The node (metrics, clock).
+    node: Arc<Node>,
+    /// The session's outbox and liveness.
+    session: Arc<SessionHandle>,
     limits: ConnLimits,
     /// Bytes read but not yet parsed; `None` while idle.
     rbuf: Option<BytesMut>,
-    /// Fragmented message in progress.
-    asm: Assembler,
+    /// Fragmented message in progress (rare, so boxed).
+    asm: Option<Box<Assembler>>,
     /// Items taken from the outbox, not yet fully written.
     pending: VecDeque<OutItem>,
     /// Bytes of `pending`'s front frame already written.
     offset: usize,
+}
+
+enum Ready {
+    Outbox,
+    Writable(io::Result<()>),
+    Readable(io::Result<()>),
+}
+
+enum Flushed {
+    Done(Option<Close>),
+    Intercepts,
 }
 
 enum Step {
@@ -104,33 +117,37 @@ enum Step {
     Eof,
 }
 
-impl<'a> Conn<'a> {
+impl Conn {
     /// Wrap an upgraded stream; `leftover` holds bytes that arrived with the handshake.
     pub fn new(
         stream: TcpStream,
         leftover: Bytes,
-        session: &'a SessionHandle,
-        metrics: &'a Metrics,
-        clock: &'a Clock,
+        node: Arc<Node>,
+        session: Arc<SessionHandle>,
         limits: ConnLimits,
     ) -> Self {
         let rbuf = (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..]));
         Conn {
             stream,
+            node,
             session,
-            metrics,
-            clock,
             limits,
             rbuf,
-            asm: Assembler::default(),
+            asm: None,
             pending: VecDeque::new(),
             offset: 0,
         }
     }
 
     /// Run until the connection ends.
-    pub async fn run<H: Handler>(mut self, handler: &mut H) -> Ended {
-        let ended = match self.serve(handler).await {
+    pub async fn run<H: Handler>(&mut self, handler: &mut H) -> Ended {
+        let step = self.serve(handler).await;
+        // Ending is rare work: boxed so it does not enlarge every idle connection's future.
+        Box::pin(self.finish(step, handler)).await
+    }
+
+    async fn finish<H: Handler>(&mut self, step: io::Result<Step>, handler: &mut H) -> Ended {
+        let ended = match step {
             Ok(Step::Close(close)) => {
                 self.close(close, handler).await;
                 Ended::ByServer(close.code)
@@ -150,29 +167,59 @@ impl<'a> Conn<'a> {
         ended
     }
 
+    /// The connection's life. Only the readiness wait is awaited inline: it is where an
+    /// idle session sits, so it is all an idle session's future holds. Everything else runs in
+    /// boxed futures that exist only while there is work.
     async fn serve<H: Handler>(&mut self, handler: &mut H) -> io::Result<Step> {
         // Bytes that came with the handshake are handled before waiting for more.
         if self.rbuf.is_some() {
             if let s @ (Step::Close(_) | Step::ClientClose(_) | Step::Eof) =
-                self.parse(handler).await
+                Box::pin(self.parse(handler)).await
             {
                 return Ok(s);
             }
         }
         loop {
-            if let Some(close) = self.flush(handler).await? {
+            if let Some(close) = self.flush_all(handler).await? {
                 return Ok(Step::Close(close));
             }
-            let session = self.session;
-            tokio::select! {
-                biased;
-                () = session.outbox.wait() => continue,
-                r = self.stream.writable(), if !self.pending.is_empty() => { r?; continue }
-                r = self.stream.readable() => r?,
+            match self.ready().await {
+                Ready::Outbox => continue,
+                Ready::Writable(r) => {
+                    r?;
+                    continue;
+                }
+                Ready::Readable(r) => r?,
             }
-            match self.read(handler).await? {
+            match Box::pin(self.read(handler)).await? {
                 Step::Continue => {}
                 other => return Ok(other),
+            }
+        }
+    }
+
+    /// Wait for the outbox, writability (only while a write is pending) or readability. Polls
+    /// readiness directly (no stored waiter futures), so an idle session's future stays small.
+    fn ready(&self) -> impl Future<Output = Ready> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.session.outbox.poll_wait(cx).is_ready() {
+                return Poll::Ready(Ready::Outbox);
+            }
+            if !self.pending.is_empty() {
+                if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
+                    return Poll::Ready(Ready::Writable(r));
+                }
+            }
+            self.stream.poll_read_ready(cx).map(Ready::Readable)
+        })
+    }
+
+    /// Write what is queued; interceptions (rare) are resolved in a boxed future.
+    async fn flush_all<H: Handler>(&mut self, handler: &mut H) -> io::Result<Option<Close>> {
+        loop {
+            match self.flush()? {
+                Flushed::Done(close) => return Ok(close),
+                Flushed::Intercepts => Box::pin(self.resolve_intercepts(handler)).await,
             }
         }
     }
@@ -183,7 +230,7 @@ impl<'a> Conn<'a> {
             .get_or_insert_with(|| BytesMut::with_capacity(4096));
         match self.stream.try_read_buf(buf) {
             Ok(0) => return Ok(Step::Eof),
-            Ok(n) => self.metrics.bytes_in.inc_by(n as u64),
+            Ok(n) => self.node.metrics.bytes_in.inc_by(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if buf.is_empty() {
                     self.rbuf = None;
@@ -210,7 +257,7 @@ impl<'a> Conn<'a> {
                 }
                 Err(e) => return Step::Close(frame_close(e)),
             };
-            self.session.touch(self.clock);
+            self.session.touch(&self.node.registry.clock);
             match frame.opcode {
                 OpCode::Ping => {
                     self.session.outbox.push(
@@ -225,14 +272,19 @@ impl<'a> Conn<'a> {
                         Err(e) => Step::Close(frame_close(e)),
                     };
                 }
-                _ => match self.asm.push(frame, self.limits.max_message) {
+                _ => match self
+                    .asm
+                    .get_or_insert_with(Box::default)
+                    .push(frame, self.limits.max_message)
+                {
                     Ok(None) => {}
                     Ok(Some((op, data))) => {
                         let text = op == OpCode::Text;
                         if text && std::str::from_utf8(&data).is_err() {
                             return Step::Close(frame_close(FrameError::InvalidUtf8));
                         }
-                        self.metrics
+                        self.node
+                            .metrics
                             .messages_in
                             .with_label_values(&[if text { "text" } else { "binary" }])
                             .inc();
@@ -246,9 +298,10 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Write what the outbox holds without blocking. Returns the close request once everything
-    /// queued before it is written.
-    async fn flush<H: Handler>(&mut self, handler: &mut H) -> io::Result<Option<Close>> {
+    /// Write what the outbox holds without blocking: `Done` with the close request once
+    /// everything queued before it is written (or the socket would block), `Intercepts` when an
+    /// intercepted broadcast must go through the channel first.
+    fn flush(&mut self) -> io::Result<Flushed> {
         loop {
             let close = if self.pending.is_empty() {
                 self.session.outbox.take(&mut self.pending)
@@ -256,9 +309,18 @@ impl<'a> Conn<'a> {
                 None
             };
             if self.pending.is_empty() {
-                return Ok(close.or_else(|| self.session.outbox.close_requested()));
+                return Ok(Flushed::Done(
+                    close.or_else(|| self.session.outbox.close_requested()),
+                ));
             }
-            self.resolve_intercepts(handler).await;
+            if self
+                .pending
+                .iter()
+                .take(MAX_IOV)
+                .any(|i| matches!(i, OutItem::Intercept(_)))
+            {
+                return Ok(Flushed::Intercepts);
+            }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n_iov = 0;
             for (i, item) in self.pending.iter().take(MAX_IOV).enumerate() {
@@ -269,11 +331,11 @@ impl<'a> Conn<'a> {
             }
             match self.stream.try_write_vectored(&iov[..n_iov]) {
                 Ok(n) => {
-                    self.metrics.writes.inc();
-                    self.metrics.bytes_out.inc_by(n as u64);
+                    self.node.metrics.writes.inc();
+                    self.node.metrics.bytes_out.inc_by(n as u64);
                     self.consume(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Done(None)),
                 Err(e) => return Err(e),
             }
         }
@@ -309,7 +371,7 @@ impl<'a> Conn<'a> {
             n -= left;
             self.offset = 0;
             self.pending.pop_front();
-            self.metrics.frames_out.inc();
+            self.node.metrics.frames_out.inc();
         }
         if self.pending.is_empty() && self.pending.capacity() > 16 {
             self.pending = VecDeque::new(); // do not keep a burst's queue on an idle session
@@ -325,7 +387,7 @@ impl<'a> Conn<'a> {
         }
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while !self.pending.is_empty() {
-                if self.flush(handler).await.is_err() {
+                if self.flush_all(handler).await.is_err() {
                     return;
                 }
                 if !self.pending.is_empty() && self.stream.writable().await.is_err() {
@@ -345,7 +407,7 @@ impl<'a> Conn<'a> {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            let mut sink = [0u8; 512];
+            let mut sink = vec![0u8; 512];
             loop {
                 match tokio::io::AsyncReadExt::read(&mut self.stream, &mut sink).await {
                     Ok(0) | Err(_) => return,

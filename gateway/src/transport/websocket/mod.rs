@@ -21,9 +21,8 @@ pub use conn::{Conn, ConnLimits, Ended, Handler};
 
 use super::connect::authorize;
 use super::{Framing, Wire};
-use crate::auth::Claims;
 use crate::node::Node;
-use crate::protocol::{ProtocolError, Serializer};
+use crate::protocol::ProtocolError;
 use crate::pubsub::Broadcast;
 use crate::session::{Close, CloseCode, Session, TransportKind};
 
@@ -102,9 +101,16 @@ pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Respo
         serializer,
         framing: Framing::WebSocket,
     };
+    let claims = claims.map(Box::new);
     tokio::spawn(async move {
         if let Some((stream, leftover)) = finish_upgrade(fut).await {
-            run_session(node, stream, leftover, wire, claims).await;
+            // The long-lived session gets a task of its own holding only what it needs (this
+            // task's captures and upgrade state are freed when it ends).
+            let _ = stream.set_nodelay(true);
+            let handle = node.registry.register(TransportKind::WebSocket);
+            let session = Session::new(node.clone(), handle.clone(), wire, claims);
+            let conn = Conn::new(stream, leftover, node.clone(), handle, limits(&node));
+            tokio::spawn(run_session(conn, PhoenixHandler { session }));
         }
     });
     resp
@@ -131,44 +137,24 @@ fn limits(node: &Node) -> ConnLimits {
     }
 }
 
-async fn run_session(
-    node: Arc<Node>,
-    stream: TcpStream,
-    leftover: Bytes,
-    wire: Wire,
-    claims: Option<Claims>,
-) {
-    let _ = stream.set_nodelay(true);
-    let handle = node.registry.register(TransportKind::WebSocket);
-    let mut handler = PhoenixHandler {
-        session: Session::new(node.clone(), handle.clone(), wire, claims),
-        serializer: wire.serializer,
-    };
-    let ended = Conn::new(
-        stream,
-        leftover,
-        &handle,
-        &node.metrics,
-        &node.registry.clock,
-        limits(&node),
-    )
-    .run(&mut handler)
-    .await;
-    handler.session.close(ended.label()).await;
+async fn run_session(mut conn: Conn, mut handler: PhoenixHandler) {
+    let ended = conn.run(&mut handler).await;
+    drop(conn);
+    Box::pin(handler.session.close(ended.label())).await;
 }
 
 /// Decodes WebSocket messages for a Session.
 struct PhoenixHandler {
     session: Session,
-    serializer: Serializer,
 }
 
 impl Handler for PhoenixHandler {
     async fn on_message(&mut self, text: bool, data: Bytes) -> Result<(), Close> {
+        let serializer = self.session.serializer();
         let msg = if text {
-            self.serializer.decode_text(&data)
+            serializer.decode_text(&data)
         } else {
-            self.serializer.decode_binary(data)
+            serializer.decode_binary(data)
         };
         match msg {
             // Boxed so the idle connection's future does not carry the handler's state.
