@@ -64,7 +64,8 @@ test("cluster: /api/disconnect on A closes user_socket:42 on B and C with 1001 a
   assert.equal(closeC.code, 1001, `close on C: ${show(closeC)}`)
   assert.equal(closeB.code, 1001, `close on B: ${show(closeB)}`)
   // the LongPoll session of the same id ends too; the client learns it on its next poll
-  await lpTarget.events.waitFor(e => e.kind === "close", {what: "the LongPoll session of user_socket:42 ended", timeout: 8000})
+  const lpClose = await lpTarget.events.waitFor(e => e.kind === "close", {what: "the LongPoll session of user_socket:42 ended", timeout: 8000})
+  t.diagnostic(`LongPoll client of user_socket:42 closed with ${lpClose.code} ${lpClose.reason}`)
 
   // phoenix.js reconnects (same token, still valid) and rejoins by itself
   await Promise.all([target, alsoTarget, lpTarget].map(cl => cl.waitOpenCount(2, {timeout: 10000})))

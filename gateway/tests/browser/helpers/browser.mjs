@@ -164,7 +164,7 @@ export async function say(page, body){
  * first local join, so a message sent right after joining could miss a node). Publishes
  * numbered rounds until one round reaches every page; the lines read "mesh: round R via NODE".
  */
-export async function awaitPageMesh(fx, topic, nodes, pages, {timeout = WAIT_MS, roundWait = 500} = {}){
+export async function awaitPageMesh(fx, topic, nodes, pages, {timeout = WAIT_MS, roundWait = 500, maxRoundWait = 3000} = {}){
   const {apiBroadcast} = await import("../../js/helpers/cluster.mjs")
   const deadline = Date.now() + timeout
   for(let round = 1; ; round++){
@@ -177,7 +177,7 @@ export async function awaitPageMesh(fx, topic, nodes, pages, {timeout = WAIT_MS,
       await Promise.all(pages.map(p => p.waitForFunction(lines => {
         const have = new Set([...document.querySelectorAll("#log p")].map(e => e.textContent))
         return lines.every(l => have.has(l))
-      }, want, {timeout: roundWait})))
+      }, want, {timeout: Math.min(roundWait * round, maxRoundWait)})))
       return round
     } catch(err){
       if(Date.now() >= deadline){

@@ -293,9 +293,10 @@ export function apiBroadcast(gw, topic, event, payload, {apiKey = null} = {}){
  * `channels` (phoenix.js channels with a `messages` Recorder, see fixture.mjs). Nodes subscribe
  * to a topic on Redis in the background after its first local join, so right after the joins a
  * cross-node broadcast may still be missed; this awaits the moment the mesh is complete by
- * publishing numbered `mesh_probe` rounds until one round reaches everybody.
+ * publishing numbered `mesh_probe` rounds until one round reaches everybody (each round waits a
+ * little longer than the one before).
  */
-export async function awaitMesh(topic, nodes, channels, {timeout = 10000, roundWait = 300} = {}){
+export async function awaitMesh(topic, nodes, channels, {timeout = 10000, roundWait = 300, maxRoundWait = 2000} = {}){
   const deadline = Date.now() + timeout
   for(let round = 1; ; round++){
     const marks = channels.map(ch => ch.messages.mark())
@@ -306,7 +307,8 @@ export async function awaitMesh(topic, nodes, channels, {timeout = 10000, roundW
     try {
       await Promise.all(channels.flatMap((ch, i) => nodes.map(n => ch.messages.waitFor(
         m => m.event === "mesh_probe" && m.payload.round === round && m.payload.from === n.name,
-        {from: marks[i], timeout: roundWait, what: `mesh probe round ${round} from ${n.name}`}))))
+        // later rounds wait longer, so a slow machine still completes one
+        {from: marks[i], timeout: Math.min(roundWait * round, maxRoundWait), what: `mesh probe round ${round} from ${n.name}`}))))
       return round
     } catch(err){
       if(Date.now() >= deadline){ throw new Error(`cluster mesh for ${topic} incomplete after ${timeout} ms: ${err.message}`) }
