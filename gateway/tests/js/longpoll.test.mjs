@@ -106,6 +106,9 @@ test("longpoll: a session nobody polls any more is ended by the server", {timeou
     {what: "gateway_sessions{transport=\"longpoll\"} 0 after the client stopped polling", timeout: 2 * expiryMs + 2000,
       context: () => gw.log()})
   const endedAfter = performance.now() - gone
+  // not at once either: an abandoned session lives about the expiry (the node compares whole
+  // clock seconds, hence up to one second early)
+  assert.ok(endedAfter >= expiryMs - 1000, `the session ended only ${endedAfter.toFixed(0)} ms after the client left (expiry ${expiryMs} ms)`)
 
   // the old token names a session that no longer exists
   const post = await httpRequest(`${gw.httpUrl}/socket/longpoll?vsn=2.0.0&token=${encodeURIComponent(token)}`, {
