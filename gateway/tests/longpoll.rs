@@ -404,3 +404,32 @@ async fn requests_reach_the_owner_from_any_node_and_a_dead_owner_is_410() {
     assert_eq!(lp.get_via(b.addr).await, json!({"status": 410}));
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test]
+async fn an_abandoned_held_poll_does_not_keep_the_session_alive() {
+    let node = TestNode::start(Config {
+        longpoll_window: Duration::from_secs(10),
+        ..config()
+    })
+    .await;
+    let lp = Lp::open(&node).await;
+    // A poll is held (nothing queued), then the client goes away mid-wait.
+    let held = tokio::spawn({
+        let (addr, path) = (lp.addr, lp.path());
+        async move { http_full(addr, "GET", &path, &[], "").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.abort();
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = node.http("GET", "/metrics", &[], "").await;
+        if metrics.contains("gateway_sessions{transport=\"longpoll\"} 0") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "abandoned session never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

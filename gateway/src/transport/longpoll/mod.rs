@@ -293,14 +293,33 @@ fn connect(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> LpRepl
 
 /// Answer a poll on this node's session: buffered frames at once, else wait up to the window.
 pub(crate) async fn poll(node: &Arc<Node>, lp: &Arc<LpSession>) -> LpReply {
-    lp.polls.fetch_add(1, Ordering::AcqRel);
-    lp.last_poll
-        .store(node.registry.clock.now(), Ordering::Relaxed);
-    let reply = poll_inner(node, lp).await;
-    lp.last_poll
-        .store(node.registry.clock.now(), Ordering::Relaxed);
-    lp.polls.fetch_sub(1, Ordering::AcqRel);
-    reply
+    let _in_progress = PollGuard::start(node, lp);
+    poll_inner(node, lp).await
+}
+
+/// Marks a poll in progress; ends it even when the request is dropped mid-wait (the client
+/// aborted it), so an abandoned session still expires.
+struct PollGuard<'a> {
+    node: &'a Node,
+    lp: &'a LpSession,
+}
+
+impl<'a> PollGuard<'a> {
+    fn start(node: &'a Node, lp: &'a LpSession) -> Self {
+        lp.polls.fetch_add(1, Ordering::AcqRel);
+        lp.last_poll
+            .store(node.registry.clock.now(), Ordering::Relaxed);
+        PollGuard { node, lp }
+    }
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.lp
+            .last_poll
+            .store(self.node.registry.clock.now(), Ordering::Relaxed);
+        self.lp.polls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn poll_inner(node: &Arc<Node>, lp: &Arc<LpSession>) -> LpReply {
