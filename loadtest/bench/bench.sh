@@ -5,6 +5,7 @@
 # 15,000 sessions, fan-out 1 topic x 15,000 subscribers at 4 and 8 publishes/s, and the kernel
 # floor from calib-loopback.c. Prints medians; raw JSON reports stay in OUT.
 set -euo pipefail
+trap 'echo "bench.sh: failed at line $LINENO" >&2' ERR
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
 OUT=${2:-target/bench}
@@ -22,7 +23,7 @@ start_gw() {
   "$GW" --port 0 --bind 127.0.0.1 >"$OUT/gw.log" 2>&1 &
   GP=$!
   for _ in $(seq 100); do grep -q 'listening on' "$OUT/gw.log" && break; sleep 0.1; done
-  PORT=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$OUT/gw.log" | sed 's/.*://')
+  PORT=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$OUT/gw.log" | sed 's/.*://' || true)
   [ -n "$PORT" ] || { echo "gateway did not start" >&2; kill "$GP"; exit 1; }
 }
 stop_gw() { kill "$GP"; wait "$GP" 2>/dev/null || true; }
