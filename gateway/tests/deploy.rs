@@ -631,6 +631,53 @@ fn dockerfile_passes_hadolint_and_has_the_promised_shape() {
     }
 }
 
+/// Copy `from` to `to`, leaving out directories named in `skip`.
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        let (src, dst) = (entry.path(), to.join(&name));
+        if src.is_dir() {
+            if !skip.iter().any(|s| name == *s) {
+                copy_tree(&src, &dst, skip);
+            }
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
+}
+
+/// What `.dockerignore` lets into the build context is a complete workspace whose lockfile
+/// needs no update (`cargo build --locked` in the image would fail otherwise).
+#[test]
+fn docker_build_context_is_a_complete_locked_workspace() {
+    let ignore = read(&root().join(".dockerignore"));
+    let lines: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(lines.first(), Some(&"*"), "the context is an allow-list");
+    let tmp = TempDir::new("docker-context");
+    for allowed in lines.iter().filter_map(|l| l.strip_prefix('!')) {
+        let src = root().join(allowed.trim_end_matches('/'));
+        let dst = tmp.0.join(allowed.trim_end_matches('/'));
+        if src.is_dir() {
+            copy_tree(&src, &dst, &["node_modules", "target"]);
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
+    check(
+        Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+            .arg("--manifest-path")
+            .arg(tmp.0.join("Cargo.toml"))
+            .stdout(Stdio::null()),
+    );
+}
+
 #[test]
 fn haproxy_configs_are_valid() {
     let haproxy = tool("haproxy");
