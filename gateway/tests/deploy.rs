@@ -484,25 +484,17 @@ impl Ws {
         let deadline = Instant::now() + WAIT;
         loop {
             assert!(Instant::now() < deadline, "no {what} within {WAIT:?}");
-            if self.buf.len() >= 2 && self.buf[1] & 0x7f < 126 {
-                let len = (self.buf[1] & 0x7f) as usize;
-                if self.buf.len() >= 2 + len {
-                    let opcode = self.buf[0] & 0x0f;
-                    let payload: Vec<u8> = self.buf.drain(..2 + len).skip(2).collect();
-                    assert_ne!(opcode, 0x8, "server closed the WebSocket: {payload:?}");
-                    if opcode == 0x1 {
-                        let m: Value = serde_json::from_slice(&payload).expect("JSON frame");
-                        if pred(&m) {
-                            return m;
-                        }
+            if let Some((opcode, payload, used)) = parse_frame(&self.buf) {
+                self.buf.drain(..used);
+                assert_ne!(opcode, 0x8, "server closed the WebSocket: {payload:?}");
+                if opcode == 0x1 {
+                    let m: Value = serde_json::from_slice(&payload).expect("JSON frame");
+                    if pred(&m) {
+                        return m;
                     }
-                    continue;
                 }
+                continue;
             }
-            assert!(
-                self.buf.len() < 2 || self.buf[1] & 0x7f < 126,
-                "unexpectedly long frame"
-            );
             let mut chunk = [0u8; 8192];
             let n = self.s.read(&mut chunk).expect("read frame (timed out?)");
             assert!(n > 0, "connection closed");
@@ -515,6 +507,24 @@ impl Ws {
         let reply = self.until("join reply", |m| m[1] == "1" && m[3] == "phx_reply");
         assert_eq!(reply[4]["status"], "ok", "join {topic}: {reply}");
     }
+}
+
+/// (opcode, payload, bytes used) of one complete unmasked server frame at the start of `b`.
+fn parse_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let (len, start) = match b[1] & 0x7f {
+        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+        127 if b.len() >= 10 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            (u64::from_be_bytes(n) as usize, 10)
+        }
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    (b.len() >= start + len).then(|| (b[0] & 0x0f, b[start..start + len].to_vec(), start + len))
 }
 
 /// `gateway_sessions{transport="websocket"}` of one node.
