@@ -88,6 +88,15 @@ pub struct Cli {
     /// phoenix.js browser build for the demo page (default: node_modules/phoenix nearby, else a CDN).
     #[arg(long, env = "GATEWAY_PHOENIX_JS")]
     pub phoenix_js: Option<PathBuf>,
+    /// Milliseconds over which presence diffs to clients are batched per topic (0 = at once).
+    #[arg(long, env = "GATEWAY_PRESENCE_BATCH_MS", default_value_t = 20)]
+    pub presence_batch_ms: u64,
+    /// Milliseconds between presence heartbeats of this node.
+    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub presence_heartbeat_ms: u64,
+    /// Milliseconds of silence after which a node is down and its presences leave.
+    #[arg(long, env = "GATEWAY_PRESENCE_DOWN_AFTER_MS", default_value_t = 5_000)]
+    pub presence_down_after_ms: u64,
     /// Serve /ws-echo, a plain WebSocket echo for conformance tests.
     #[arg(long, env = "GATEWAY_WS_ECHO")]
     pub ws_echo: bool,
@@ -145,6 +154,9 @@ impl Cli {
             longpoll_expiry: Duration::from_millis(self.longpoll_expiry_ms),
             longpoll_secret: self.longpoll_secret,
             phoenix_js: crate::demo::find_phoenix_js(self.phoenix_js),
+            presence_batch: Duration::from_millis(self.presence_batch_ms),
+            presence_heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
+            presence_down_after: Duration::from_millis(self.presence_down_after_ms),
             ws_echo: self.ws_echo,
             channels,
         })

@@ -63,6 +63,13 @@ pub struct Config {
     pub longpoll_secret: Option<String>,
     /// The phoenix.js browser build served at `/assets/phoenix.min.js` for the demo page.
     pub phoenix_js: Option<std::path::PathBuf>,
+    /// Presence diffs to clients are batched per topic over this interval (default 20 ms; 0 =
+    /// one diff per change, sent at once).
+    pub presence_batch: Duration,
+    /// Period of each node's presence heartbeat (default 1 s).
+    pub presence_heartbeat: Duration,
+    /// A node not heard for this long is down and its presences leave (default 5 s).
+    pub presence_down_after: Duration,
     /// Serve `/ws-echo`, a plain WebSocket echo for conformance tests (default off).
     pub ws_echo: bool,
     /// Channel rules; empty = the demo channel (`room:*`).
@@ -92,6 +99,9 @@ impl Default for Config {
             longpoll_expiry: Duration::from_secs(15),
             longpoll_secret: None,
             phoenix_js: None,
+            presence_batch: Duration::from_millis(20),
+            presence_heartbeat: Duration::from_secs(1),
+            presence_down_after: Duration::from_secs(5),
             ws_echo: false,
             channels: Vec::new(),
         }
@@ -188,6 +198,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "outbox limits must hold at least one largest message",
             ));
+        }
+        for spec in &self.channels {
+            let reserved = |e: &String| e.starts_with("phx_") || e.starts_with("presence_");
+            if spec
+                .broadcast
+                .iter()
+                .chain(&spec.broadcast_from)
+                .any(reserved)
+            {
+                return Err(ConfigError::Invalid(
+                    "broadcast events may not start with phx_ or presence_ (reserved)",
+                ));
+            }
         }
         if self.idle_timeout.is_zero() {
             return Err(ConfigError::Invalid("idle_timeout must be positive"));

@@ -69,6 +69,12 @@ pub async fn broadcast(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
+    if crate::presence::tracker::is_tracker_event(&req.event) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "events named phx_presence_* are reserved",
+        );
+    }
     if req.topic.is_empty()
         || req.topic.len() > crate::session::MAX_TOPIC_LEN
         || req.event.is_empty()

@@ -106,15 +106,25 @@ impl Hub {
 
     /// Subscribe a session to a topic. Returns the shared topic string for the caller to keep.
     pub fn subscribe(&self, topic: &str, session: &Arc<SessionHandle>, kind: SubKind) -> Arc<str> {
+        self.subscribe_first(topic, session, kind).0
+    }
+
+    /// `subscribe`, also telling whether this is the topic's first local subscriber.
+    pub fn subscribe_first(
+        &self,
+        topic: &str,
+        session: &Arc<SessionHandle>,
+        kind: SubKind,
+    ) -> (Arc<str>, bool) {
         let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
-        let key = match shard.get_key_value(topic) {
-            Some((k, _)) => k.clone(),
+        let (key, first) = match shard.get_key_value(topic) {
+            Some((k, _)) => (k.clone(), false),
             None => {
                 self.pubsub.subscribe(topic);
                 self.metrics.topics.inc();
                 let k: Arc<str> = Arc::from(topic);
                 shard.insert(k.clone(), HashMap::new());
-                k
+                (k, true)
             }
         };
         if let Some(subs) = shard.get_mut(topic) {
@@ -126,7 +136,7 @@ impl Hub {
                 },
             );
         }
-        key
+        (key, first)
     }
 
     /// Remove a session's subscription to a topic.

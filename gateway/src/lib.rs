@@ -26,6 +26,7 @@ pub mod http_api;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
@@ -170,29 +171,40 @@ impl Gateway {
             metrics,
             limits,
             longpoll: transport::longpoll::LongPoll::new(config.longpoll_secret.as_deref()),
+            presence: presence::Presence::new(&node_id),
             config,
         });
-        let delivery = tokio::spawn(node.clone().deliver(rx));
-        let sweeper = tokio::spawn(idle_sweep(node.clone()));
-        let lp_sweeper = tokio::spawn(transport::longpoll::sweep(node.clone()));
+        // The node's background tasks end with this future, also when it is dropped midway.
+        let _tasks = [
+            AbortOnDrop(tokio::spawn(node.clone().deliver(rx))),
+            AbortOnDrop(tokio::spawn(idle_sweep(node.clone()))),
+            AbortOnDrop(tokio::spawn(transport::longpoll::sweep(node.clone()))),
+            AbortOnDrop(tokio::spawn(presence::tracker::run(node.clone()))),
+        ];
         let addr = listener.local_addr()?;
         info!(node_id = %node_id, "listening on http://{addr}");
         let stop = CancellationToken::new();
-        let accept = tokio::spawn(server::accept_loop(
+        let mut accept = AbortOnDrop(tokio::spawn(server::accept_loop(
             listener,
             server::router(node.clone()),
             stop.clone(),
-        ));
+        )));
         shutdown.await;
         // Keep answering HTTP while draining: `/readyz` says 503 and new sessions are refused
         // with 503 + Retry-After, so load balancers and clients move elsewhere.
         shutdown::drain(&node).await;
         stop.cancel();
-        let _ = accept.await;
-        sweeper.abort();
-        lp_sweeper.abort();
-        delivery.abort();
+        let _ = (&mut accept.0).await; // the listener is closed when run returns
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub pubsub_canary_rtt: Histogram,
     /// 1 when the node hears itself through the broker on every connection.
     pub pubsub_healthy: IntGauge,
+    /// Presence metas held in this node's replicas.
+    pub presence_entries: IntGauge,
     /// User-space bytes per live session: (RSS − RSS at startup) / sessions, set at each scrape.
     pub bytes_per_session: IntGauge,
     /// RSS right after startup, the baseline of `bytes_per_session`.
@@ -159,6 +161,7 @@ impl Metrics {
         let m = Metrics {
             bytes_per_session: gauge(&r, "gateway_memory_bytes_per_session", "User-space bytes per live session: RSS above the startup baseline divided by sessions."),
             baseline_rss: rss_bytes(),
+            presence_entries: gauge(&r, "gateway_presence_entries", "Presence metas held in this node's replicas."),
             pubsub_published: counter(
                 &r,
                 "gateway_pubsub_published_total",

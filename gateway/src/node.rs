@@ -38,6 +38,8 @@ pub struct Node {
     pub draining: AtomicBool,
     /// Outbox limits of channel sessions.
     pub limits: OutboxLimits,
+    /// Presence replicas and the tracker's bookkeeping.
+    pub presence: crate::presence::Presence,
     /// Long-poll sessions and forwarded requests.
     pub longpoll: crate::transport::longpoll::LongPoll,
 }
@@ -88,10 +90,14 @@ impl Node {
         while let Some(d) = rx.recv().await {
             match d {
                 Delivery::Topic(msg) => {
-                    self.hub.fanout(&msg, None);
+                    if !crate::presence::tracker::handle(&self, &msg) {
+                        self.hub.fanout(&msg, None);
+                    }
                 }
                 Delivery::Direct(msg) => {
-                    if !crate::transport::longpoll::handle_direct(&self, &msg) {
+                    if !crate::presence::tracker::handle(&self, &msg)
+                        && !crate::transport::longpoll::handle_direct(&self, &msg)
+                    {
                         debug!(event = %msg.event, "direct message with no handler");
                     }
                 }

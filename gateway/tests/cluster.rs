@@ -21,6 +21,9 @@ fn config(redis: &RedisServer) -> Config {
             join: JoinPolicy::Public,
             broadcast: vec!["new_msg".into()],
             broadcast_from: vec!["typing".into()],
+            presence: false,
+            presence_key: "user".into(),
+            presence_meta: vec![],
         }],
         ..Config::default()
     }

@@ -160,6 +160,9 @@ async fn broadcast_from_excludes_only_the_sender() {
             join: JoinPolicy::Public,
             broadcast: vec!["new_msg".into()],
             broadcast_from: vec!["typing".into()],
+            presence: false,
+            presence_key: "user".into(),
+            presence_meta: vec![],
         }],
         ..Config::default()
     };
@@ -195,6 +198,9 @@ async fn nodes_on_one_bus_share_topics_and_sender_exclusion_is_per_node() {
             join: JoinPolicy::Public,
             broadcast: vec!["new_msg".into()],
             broadcast_from: vec!["typing".into()],
+            presence: false,
+            presence_key: "user".into(),
+            presence_meta: vec![],
         }],
         ..Config::default()
     };

@@ -133,12 +133,15 @@ fn config() -> Config {
     Config {
         max_channels: 3,
         channels: vec![
-            ChannelSpec::demo(),
+            ChannelSpec::public("room:*", &["new_msg", "shout"]),
             ChannelSpec {
                 pattern: "private:*".into(),
                 join: JoinPolicy::Token,
                 broadcast: vec![],
                 broadcast_from: vec![],
+                presence: false,
+                presence_key: "user".into(),
+                presence_meta: vec![],
             },
         ],
         ..Config::default()

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use serde_json::{Map, Value};
+
 use super::{Channel, ChannelContext, ChannelError, Join, Reply};
 use crate::protocol::Payload;
 
@@ -37,6 +39,21 @@ pub struct ChannelSpec {
     /// Client events broadcast to the topic except the sender, and replied `ok`.
     #[serde(default)]
     pub broadcast_from: Vec<String>,
+    /// Presence on: joiners get `presence_state`, and are tracked under their key.
+    #[serde(default)]
+    pub presence: bool,
+    /// Join-payload field that keys a presence in open mode (JWT mode uses the token's `sub`).
+    /// Default `user`. A join without a key is not tracked (it still sees the others).
+    #[serde(default = "default_presence_key")]
+    pub presence_key: String,
+    /// Join-payload fields copied into the presence meta (besides `online_at`); the meta is
+    /// limited to 1 KiB. The client event `presence_update` replaces them.
+    #[serde(default)]
+    pub presence_meta: Vec<String>,
+}
+
+fn default_presence_key() -> String {
+    "user".into()
 }
 
 impl ChannelSpec {
@@ -48,6 +65,22 @@ impl ChannelSpec {
             join: JoinPolicy::Public,
             broadcast: vec!["new_msg".into(), "shout".into()],
             broadcast_from: vec![],
+            presence: true,
+            presence_key: default_presence_key(),
+            presence_meta: vec!["name".into(), "status".into()],
+        }
+    }
+
+    /// A public pattern broadcasting `events` (sender included), without presence.
+    pub fn public(pattern: &str, events: &[&str]) -> Self {
+        ChannelSpec {
+            pattern: pattern.into(),
+            join: JoinPolicy::Public,
+            broadcast: events.iter().map(|e| e.to_string()).collect(),
+            broadcast_from: vec![],
+            presence: false,
+            presence_key: default_presence_key(),
+            presence_meta: vec![],
         }
     }
 }
@@ -64,6 +97,26 @@ impl ConfigChannel {
     pub fn new(spec: Arc<ChannelSpec>) -> Self {
         ConfigChannel { spec }
     }
+
+    /// The allow-listed meta fields of a payload.
+    fn meta_fields(&self, payload: &Payload) -> Map<String, Value> {
+        let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(payload.bytes()) else {
+            return Map::new();
+        };
+        obj.into_iter()
+            .filter(|(k, _)| self.spec.presence_meta.iter().any(|m| m == k))
+            .collect()
+    }
+}
+
+/// A presence key from a join payload field (strings and numbers).
+fn key_field(payload: &Payload, field: &str) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload.bytes()).ok()?;
+    match v.get(field)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 #[async_trait]
@@ -78,11 +131,27 @@ impl Channel for ConfigChannel {
             JoinPolicy::Public => true,
             JoinPolicy::Token => ctx.claims().is_some_and(|c| c.allows_topic(topic)),
         };
-        Ok(if allowed {
-            Join::Ok(Payload::empty())
-        } else {
-            Join::Refuse(Payload::raw_json(r#"{"reason":"unauthorized"}"#))
-        })
+        if !allowed {
+            return Ok(Join::Refuse(Payload::raw_json(
+                r#"{"reason":"unauthorized"}"#,
+            )));
+        }
+        if self.spec.presence {
+            let key = match ctx.claims() {
+                Some(c) => c.sub.clone(),
+                None => key_field(_payload, &self.spec.presence_key),
+            };
+            if let Some(key) = key {
+                ctx.track(&key, self.meta_fields(_payload));
+            }
+            // Held until after the join reply; includes this client when it was tracked.
+            ctx.push("presence_state", ctx.presence_state());
+        }
+        Ok(Join::Ok(Payload::empty()))
+    }
+
+    fn tracks_presence(&self) -> bool {
+        self.spec.presence
     }
 
     async fn handle_in(
@@ -91,6 +160,13 @@ impl Channel for ConfigChannel {
         payload: Payload,
         ctx: &mut ChannelContext<'_>,
     ) -> Result<Option<Reply>, ChannelError> {
+        if self.spec.presence && event == "presence_update" {
+            return Ok(Some(if ctx.update_presence(self.meta_fields(&payload)) {
+                Reply::ok(Payload::empty())
+            } else {
+                Reply::reason("not tracked")
+            }));
+        }
         if self.spec.broadcast.iter().any(|e| e == event) {
             ctx.broadcast(event, payload);
         } else if self.spec.broadcast_from.iter().any(|e| e == event) {

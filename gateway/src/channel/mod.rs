@@ -116,6 +116,12 @@ pub trait Channel: Send + 'static {
         Ok(Some(payload))
     }
 
+    /// Whether this channel uses presence (the first local subscriber then fetches the topic's
+    /// presence state from the cluster).
+    fn tracks_presence(&self) -> bool {
+        false
+    }
+
     /// Called once when the channel ends.
     async fn terminate(&mut self, _reason: Terminate, _ctx: &mut ChannelContext<'_>) {}
 }
@@ -216,6 +222,32 @@ impl ChannelContext<'_> {
             join_ref: self.join_ref.to_owned(),
             msg_ref: self.msg_ref?.to_owned(),
         })
+    }
+
+    /// Track this client's presence under `key` with meta `fields` (plus `online_at` and
+    /// `phx_ref`); it leaves when the channel ends.
+    pub fn track(&self, key: &str, fields: serde_json::Map<String, serde_json::Value>) {
+        crate::presence::tracker::track(self.node, self.topic, key, fields, Some(self.session.key));
+    }
+
+    /// Replace this client's presence meta (a join of the new meta and a leave of the old).
+    pub fn update_presence(&self, fields: serde_json::Map<String, serde_json::Value>) -> bool {
+        crate::presence::tracker::update(self.node, self.topic, self.session.key, fields)
+    }
+
+    /// Untrack this client's presence.
+    pub fn untrack(&self) {
+        crate::presence::tracker::untrack_session(self.node, self.topic, self.session.key);
+    }
+
+    /// The topic's presence state (the `presence_state` payload).
+    pub fn presence_state(&self) -> Payload {
+        self.node.presence.state(self.topic)
+    }
+
+    /// The topic's presences: key → metas.
+    pub fn presence_list(&self) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+        self.node.presence.list(self.topic)
     }
 
     /// End this channel after the current callback (`phx_close` after any reply).

@@ -227,7 +227,7 @@ impl Session {
                 let intercepts = handler.intercepts();
                 let intercepts = (!intercepts.is_empty())
                     .then(|| intercepts.iter().map(|e| e.to_string()).collect());
-                let topic = self.node.hub.subscribe(
+                let (topic, first) = self.node.hub.subscribe_first(
                     &msg.topic,
                     &self.handle,
                     SubKind::Channel {
@@ -235,6 +235,9 @@ impl Session {
                         intercepts,
                     },
                 );
+                if handler.tracks_presence() {
+                    crate::presence::tracker::on_subscribe(&self.node, &topic, first);
+                }
                 for (event, payload) in held {
                     let out = Outgoing::Push {
                         join_ref: Some(join_ref),
@@ -364,7 +367,7 @@ impl Session {
     /// The channel at `i` failed: drop it without `terminate` and tell the client `phx_error`.
     fn crash(&mut self, i: usize) {
         let ch = self.channels.swap_remove(i);
-        self.node.hub.unsubscribe(&ch.topic, self.handle.key);
+        self.leave_topic(&ch.topic);
         self.node.metrics.channel_crashes.inc();
         self.node.metrics.leaves.inc();
         self.control(
@@ -377,7 +380,7 @@ impl Session {
 
     /// End a channel: unsubscribe, run `terminate`, and optionally tell the client.
     async fn end(&mut self, mut ch: Joined, why: Terminate, notify: Option<&str>) {
-        self.node.hub.unsubscribe(&ch.topic, self.handle.key);
+        self.leave_topic(&ch.topic);
         self.node.metrics.leaves.inc();
         let mut cx = ctx(
             &self.node,
@@ -398,6 +401,14 @@ impl Session {
         if let Some(event) = notify {
             self.control(&ch.join_ref, &ch.topic, event, &Payload::empty());
         }
+    }
+
+    /// Stop receiving a channel's topic and drop this session's presences there.
+    fn leave_topic(&self, topic: &str) {
+        self.node.hub.unsubscribe(topic, self.handle.key);
+        crate::presence::tracker::untrack_session(&self.node, topic, self.handle.key);
+        let watched = self.node.hub.subscribers(topic) > 0;
+        self.node.presence.forget_if_unwatched(topic, watched);
     }
 
     /// Run `handle_out` for an intercepted broadcast; returns the frame to write, if any.

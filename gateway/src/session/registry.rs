@@ -77,6 +77,11 @@ impl Clock {
     pub fn now(&self) -> u32 {
         self.0.elapsed().as_secs() as u32
     }
+
+    /// Milliseconds since node start.
+    pub fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
 }
 
 const SHARDS: usize = 32;

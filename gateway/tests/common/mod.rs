@@ -25,7 +25,15 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    pub async fn start(config: Config) -> Self {
+    /// A node; with no channel rules it serves `room:*` like the demo channel but without
+    /// presence, so tests see exactly the frames they assert (presence has its own tests).
+    pub async fn start(mut config: Config) -> Self {
+        if config.channels.is_empty() {
+            config.channels = vec![gateway::channel::ChannelSpec::public(
+                "room:*",
+                &["new_msg", "shout"],
+            )];
+        }
         Self::start_gateway(Gateway::new(config)).await
     }
 

@@ -45,8 +45,8 @@ pub struct LpSession {
     token: String,
     /// Random part of the token.
     nonce: u64,
-    /// Clock second of the last poll start or end.
-    last_poll: AtomicU32,
+    /// Clock millisecond of the last poll start or end.
+    last_poll: AtomicU64,
     /// Polls in progress (a session with a poll in progress never expires).
     polls: AtomicU32,
 }
@@ -276,7 +276,7 @@ fn connect(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> LpRepl
         session: tokio::sync::Mutex::new(Some(session)),
         token: token.clone(),
         nonce,
-        last_poll: AtomicU32::new(node.registry.clock.now()),
+        last_poll: AtomicU64::new(node.registry.clock.now_ms()),
         polls: AtomicU32::new(0),
     });
     node.longpoll
@@ -308,7 +308,7 @@ impl<'a> PollGuard<'a> {
     fn start(node: &'a Node, lp: &'a LpSession) -> Self {
         lp.polls.fetch_add(1, Ordering::AcqRel);
         lp.last_poll
-            .store(node.registry.clock.now(), Ordering::Relaxed);
+            .store(node.registry.clock.now_ms(), Ordering::Relaxed);
         PollGuard { node, lp }
     }
 }
@@ -317,7 +317,7 @@ impl Drop for PollGuard<'_> {
     fn drop(&mut self) {
         self.lp
             .last_poll
-            .store(self.node.registry.clock.now(), Ordering::Relaxed);
+            .store(self.node.registry.clock.now_ms(), Ordering::Relaxed);
         self.lp.polls.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -474,11 +474,11 @@ async fn end(node: &Arc<Node>, lp: &Arc<LpSession>, reason: &str) {
 pub async fn sweep(node: Arc<Node>) {
     let period =
         (node.config.longpoll_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let expiry = node.config.longpoll_expiry.as_secs().max(1) as u32;
+    let expiry = node.config.longpoll_expiry.as_millis() as u64;
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let now = node.registry.clock.now();
+        let now = node.registry.clock.now_ms();
         let victims: Vec<(Arc<LpSession>, &'static str)> = node
             .longpoll
             .sessions
