@@ -294,3 +294,43 @@ async fn a_killed_subscriber_connection_recovers_within_two_seconds() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_sharded_mode_delivers_and_survives_a_slot_master_restart() {
+    let mut rc = common::redis::RedisCluster::start().await;
+    let cfg = |urls: String| Config {
+        redis_url: Some(urls),
+        redis_cluster: true,
+        ..Config::default()
+    };
+    let a = TestNode::start(cfg(rc.urls())).await;
+    let b = TestNode::start(cfg(rc.urls())).await;
+    for n in [&a, &b] {
+        until(Duration::from_secs(20), "node ready", || ready(n)).await;
+    }
+    let mut ca = a.ws().await;
+    let mut cb = b.ws().await;
+    join_all("room:shard", &a, &mut [&mut ca, &mut cb]).await;
+    // The topic's channel is `gw:t:{room:shard}`: its slot is that of the hash tag.
+    let owner = rc.owner_of("room:shard").await;
+    rc.nodes[owner].kill();
+    rc.nodes[owner].restart().await;
+    rc.wait_ok().await;
+    let back = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.broadcast("room:shard", "again", json!({"n": n})).await;
+        while let Ok(f) = tokio::time::timeout(Duration::from_millis(10), ca.recv_json()).await {
+            assert_eq!(f[3], "again");
+        }
+        if let Ok(f) = tokio::time::timeout(Duration::from_millis(100), cb.recv_json()).await {
+            assert_eq!(f[3], "again");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "sharded delivery never recovered"
+        );
+    }
+}
