@@ -134,6 +134,10 @@ pub struct FanoutArgs {
     /// API key for POST /api/broadcast (Authorization: Bearer).
     #[arg(long, env = "GATEWAY_API_KEY")]
     pub api_key: Option<String>,
+    /// Node(s) to publish to instead of the `--url` nodes (repeatable), e.g. a node holding no
+    /// subscribers, so every delivery crosses the cluster PubSub.
+    #[arg(long = "publish-url", value_name = "URL")]
+    pub publish_urls: Vec<String>,
 }
 
 /// `churn` flags.

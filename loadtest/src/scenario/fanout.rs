@@ -12,6 +12,7 @@ use crate::plan;
 use crate::protocol::Mode;
 use crate::publisher::{self, PublishPlan};
 use crate::report::{Fanout, Latency, Report};
+use crate::target::Target;
 use std::time::Duration;
 
 /// Σ_t a[t] × b[t].
@@ -24,7 +25,17 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
     let c = &a.common;
     let share = plan::share(c)?;
     let plans = plan::build(c, Mode::Hold, a.topics, 0, 0)?;
-    let nodes = plan::nodes(&plan::targets(c)?);
+    let nodes = if a.publish_urls.is_empty() {
+        plan::nodes(&plan::targets(c)?)
+    } else {
+        let publish = a
+            .publish_urls
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(plan::PlanError::from)?;
+        plan::nodes(&publish)
+    };
     let clock = Clock::start();
     let (mut fleet, _) = launch_and_ramp(c, plans).await?;
     let joined_by_topic = fleet.joined_by_topic();
@@ -65,6 +76,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         "urls": c.urls, "subscribers": c.sessions, "topics": a.topics,
         "publish_rate": a.publish_rate, "duration_secs": a.duration_secs,
         "publishers": a.publishers, "payload_bytes": a.payload_bytes, "rate": c.rate,
+        "publish_urls": a.publish_urls,
     });
     let (mut report, hists) = base_report("fanout", c, params, &finals, clock)?;
     report.errors.publish += outcome.errors;
