@@ -97,6 +97,10 @@ pub struct Cli {
     /// Milliseconds of silence after which a node is down and its presences leave.
     #[arg(long, env = "GATEWAY_PRESENCE_DOWN_AFTER_MS", default_value_t = 5_000)]
     pub presence_down_after_ms: u64,
+    /// Skip per-message metrics (bytes, frames, writes, deliveries, fan-out duration), to
+    /// measure what they cost.
+    #[arg(long, env = "GATEWAY_NO_MESSAGE_METRICS")]
+    pub no_message_metrics: bool,
     /// Serve /ws-echo, a plain WebSocket echo for conformance tests.
     #[arg(long, env = "GATEWAY_WS_ECHO")]
     pub ws_echo: bool,
@@ -157,6 +161,7 @@ impl Cli {
             presence_batch: Duration::from_millis(self.presence_batch_ms),
             presence_heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
             presence_down_after: Duration::from_millis(self.presence_down_after_ms),
+            message_metrics: !self.no_message_metrics,
             ws_echo: self.ws_echo,
             channels,
         })

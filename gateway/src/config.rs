@@ -70,6 +70,8 @@ pub struct Config {
     pub presence_heartbeat: Duration,
     /// A node not heard for this long is down and its presences leave (default 5 s).
     pub presence_down_after: Duration,
+    /// Update per-message metrics (default on; off only to measure their cost).
+    pub message_metrics: bool,
     /// Serve `/ws-echo`, a plain WebSocket echo for conformance tests (default off).
     pub ws_echo: bool,
     /// Channel rules; empty = the demo channel (`room:*`).
@@ -99,6 +101,7 @@ impl Default for Config {
             longpoll_expiry: Duration::from_secs(15),
             longpoll_secret: None,
             phoenix_js: None,
+            message_metrics: true,
             presence_batch: Duration::from_millis(20),
             presence_heartbeat: Duration::from_secs(1),
             presence_down_after: Duration::from_secs(5),

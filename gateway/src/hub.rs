@@ -164,13 +164,16 @@ impl Hub {
     /// Deliver a broadcast to this node's subscribers, except the session `exclude`.
     /// Returns the number of sessions it was queued for.
     pub fn fanout(&self, msg: &Arc<Broadcast>, exclude: Option<u64>) -> usize {
-        let timer = self.metrics.fanout_seconds.start_timer();
+        let per_message = self.metrics.per_message;
+        let timer = per_message.then(|| self.metrics.fanout_seconds.start_timer());
         let shard = self
             .shard(&msg.topic)
             .read()
             .unwrap_or_else(|e| e.into_inner());
         let Some(subs) = shard.get(msg.topic.as_str()) else {
-            timer.stop_and_discard();
+            if let Some(t) = timer {
+                t.stop_and_discard();
+            }
             return 0;
         };
         let mut cache = EncodeCache::default();
@@ -207,8 +210,10 @@ impl Hub {
             }
         }
         drop(shard);
-        timer.observe_duration();
-        self.metrics.deliveries.inc_by(delivered as u64);
+        if let Some(t) = timer {
+            t.observe_duration();
+            self.metrics.deliveries.inc_by(delivered as u64);
+        }
         delivered
     }
 }

@@ -141,7 +141,9 @@ impl Gateway {
             .clone()
             .unwrap_or_else(|| format!("gw-{:016x}", rand::random::<u64>()));
         let (tx, rx) = mpsc::channel::<Delivery>(DELIVERY_QUEUE);
-        let metrics = Arc::new(metrics::Metrics::new());
+        let mut metrics = metrics::Metrics::new();
+        metrics.per_message = config.message_metrics;
+        let metrics = Arc::new(metrics);
         let pubsub: SharedPubSub = match config.redis(&node_id) {
             Some(redis) => {
                 let adapter =

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub bytes_per_session: IntGauge,
     /// RSS right after startup, the baseline of `bytes_per_session`.
     baseline_rss: u64,
+    /// Whether per-message metrics (bytes, frames, writes, deliveries, fan-out duration) are
+    /// updated; off only to measure what they cost (`--no-message-metrics`).
+    pub per_message: bool,
 }
 
 /// Resident set size of this process in bytes (Linux `/proc/self/statm`), 0 elsewhere.
@@ -161,6 +164,7 @@ impl Metrics {
         let m = Metrics {
             bytes_per_session: gauge(&r, "gateway_memory_bytes_per_session", "User-space bytes per live session: RSS above the startup baseline divided by sessions."),
             baseline_rss: rss_bytes(),
+            per_message: true,
             presence_entries: gauge(&r, "gateway_presence_entries", "Presence metas held in this node's replicas."),
             pubsub_published: counter(
                 &r,

@@ -230,7 +230,11 @@ impl Conn {
             .get_or_insert_with(|| BytesMut::with_capacity(4096));
         match self.stream.try_read_buf(buf) {
             Ok(0) => return Ok(Step::Eof),
-            Ok(n) => self.node.metrics.bytes_in.inc_by(n as u64),
+            Ok(n) => {
+                if self.node.metrics.per_message {
+                    self.node.metrics.bytes_in.inc_by(n as u64);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if buf.is_empty() {
                     self.rbuf = None;
@@ -331,8 +335,10 @@ impl Conn {
             }
             match self.stream.try_write_vectored(&iov[..n_iov]) {
                 Ok(n) => {
-                    self.node.metrics.writes.inc();
-                    self.node.metrics.bytes_out.inc_by(n as u64);
+                    if self.node.metrics.per_message {
+                        self.node.metrics.writes.inc();
+                        self.node.metrics.bytes_out.inc_by(n as u64);
+                    }
                     self.consume(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Done(None)),
@@ -371,7 +377,9 @@ impl Conn {
             n -= left;
             self.offset = 0;
             self.pending.pop_front();
-            self.node.metrics.frames_out.inc();
+            if self.node.metrics.per_message {
+                self.node.metrics.frames_out.inc();
+            }
         }
         if self.pending.is_empty() && self.pending.capacity() > 16 {
             self.pending = VecDeque::new(); // do not keep a burst's queue on an idle session
