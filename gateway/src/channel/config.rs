@@ -144,8 +144,8 @@ impl Channel for ConfigChannel {
             if let Some(key) = key {
                 ctx.track(&key, self.meta_fields(_payload));
             }
-            // Held until after the join reply; includes this client when it was tracked.
-            ctx.push("presence_state", ctx.presence_state());
+            // `presence_state` follows the join reply (the session sends it: see
+            // `Channel::tracks_presence`).
         }
         Ok(Join::Ok(Payload::empty()))
     }

@@ -116,8 +116,9 @@ pub trait Channel: Send + 'static {
         Ok(Some(payload))
     }
 
-    /// Whether this channel uses presence (the first local subscriber then fetches the topic's
-    /// presence state from the cluster).
+    /// Whether this channel uses presence: the session then pushes `presence_state` (with the
+    /// current join_ref) right after every successful join, and the topic's first local
+    /// subscriber first fetches the topic's presences from the other nodes.
     fn tracks_presence(&self) -> bool {
         false
     }

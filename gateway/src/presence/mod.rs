@@ -79,6 +79,8 @@ pub struct Presence {
     next_ref: AtomicU64,
     /// Remote node incarnations and when they were last heard.
     pub(crate) nodes: Mutex<HashMap<Arc<str>, tracker::Seen>>,
+    /// Topics whose state this node asked for: the nodes that answered so far.
+    pub(crate) answers: Mutex<HashMap<String, HashSet<Arc<str>>>>,
 }
 
 /// Render `{"key":{"metas":[...]}, ...}`.
@@ -117,6 +119,7 @@ impl Presence {
             dirty: Mutex::default(),
             next_ref: AtomicU64::new(1),
             nodes: Mutex::default(),
+            answers: Mutex::default(),
         }
     }
 

@@ -168,28 +168,85 @@ fn replicate(node: &Node, topic: &str, change: Change) {
     after_change(node);
 }
 
-/// A local session subscribed to a presence topic: the first one asks the cluster for its state.
-pub fn on_subscribe(node: &Node, topic: &str, first: bool) {
-    if first {
-        send(
-            node,
-            topic,
-            SYNC,
-            &Hello {
-                node: node.presence.me.node.to_string(),
-                inc: node.presence.me.inc,
-            },
-        );
+/// Longest a first local subscriber waits for the other nodes' shares of a topic.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn hello(node: &Node) -> Hello {
+    Hello {
+        node: node.presence.me.node.to_string(),
+        inc: node.presence.me.inc,
+    }
+}
+
+/// The topic's first local subscriber: ask every node for its share and wait (bounded) until
+/// every node this one knows to be alive has answered.
+pub async fn sync_first(node: &Node, topic: &str) {
+    node.presence
+        .answers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(topic.to_owned(), Default::default());
+    send(node, topic, SYNC, &hello(node));
+    let expected: Vec<Arc<str>> = node
+        .presence
+        .nodes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + SYNC_WAIT;
+    while Instant::now() < deadline {
+        let done = node
+            .presence
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .is_none_or(|got| expected.iter().all(|n| got.contains(n)));
+        if done {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    node.presence
+        .answers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(topic);
+}
+
+/// Tell the nodes interested in `topic` this node's whole share there (they replace what they
+/// hold of it), and ask for theirs: after this node could not hear the cluster.
+fn resync(node: &Node, topic: &str) {
+    send(node, topic, STATE, &own_share(node, topic));
+    send(node, topic, SYNC, &hello(node));
+}
+
+fn own_share(node: &Node, topic: &str) -> StateMsg {
+    let me = &node.presence.me;
+    let metas = node
+        .presence
+        .owned_by(topic, &me.node)
+        .into_iter()
+        .filter_map(|(k, m)| Some((k, serde_json::from_slice(&m.json).ok()?)))
+        .collect();
+    StateMsg {
+        topic: topic.to_owned(),
+        node: me.node.to_string(),
+        inc: me.inc,
+        metas,
     }
 }
 
 fn heard(node: &Node, from: &str, inc: u64) {
-    let old_inc = {
+    let (old_inc, new) = {
         let mut nodes = node
             .presence
             .nodes
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let new = !nodes.contains_key(from);
         let seen = nodes.entry(Arc::from(from)).or_insert(Seen {
             inc,
             last: Instant::now(),
@@ -199,11 +256,18 @@ fn heard(node: &Node, from: &str, inc: u64) {
             inc,
             last: Instant::now(),
         };
-        old
+        (old, new)
     };
     if old_inc != inc {
         info!(node = from, "node restarted: its old presences leave");
         remove_node(node, from, Some(inc));
+    }
+    if new {
+        // A node joined, or came back after being declared down: fetch its shares of the
+        // topics this node holds (its users re-join here).
+        for topic in node.presence.topic_names() {
+            send(node, &topic, SYNC, &hello(node));
+        }
     }
 }
 
@@ -261,23 +325,11 @@ pub fn handle(node: &Arc<Node>, msg: &Broadcast) -> bool {
             let Ok(h) = serde_json::from_slice::<Hello>(body) else {
                 return true;
             };
-            let me = &node.presence.me;
-            let metas: Vec<(String, Value)> = node
-                .presence
-                .owned_by(&msg.topic, &me.node)
-                .into_iter()
-                .filter_map(|(k, m)| Some((k, serde_json::from_slice(&m.json).ok()?)))
-                .collect();
-            let state = StateMsg {
-                topic: msg.topic.clone(),
-                node: me.node.to_string(),
-                inc: me.inc,
-                metas,
-            };
+            let share = own_share(node, &msg.topic);
             let reply = Broadcast {
                 topic: String::new(),
                 event: STATE.into(),
-                payload: Payload::json(&state),
+                payload: Payload::json(&share),
             };
             node.pubsub.direct(&h.node, Arc::new(reply));
         }
@@ -285,7 +337,19 @@ pub fn handle(node: &Arc<Node>, msg: &Broadcast) -> bool {
             let Ok(s) = serde_json::from_slice::<StateMsg>(body) else {
                 return true;
             };
+            if s.node == *node.presence.me.node {
+                return true;
+            }
             heard(node, &s.node, s.inc);
+            if let Some(got) = node
+                .presence
+                .answers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&s.topic)
+            {
+                got.insert(Arc::from(s.node.as_str()));
+            }
             let owner = Owner {
                 node: Arc::from(s.node.as_str()),
                 inc: s.inc,
@@ -366,7 +430,7 @@ pub async fn run(node: Arc<Node>) {
                 seen.last = Instant::now();
             }
             for topic in node.presence.topic_names() {
-                send(&node, &topic, SYNC, &me);
+                resync(&node, &topic);
             }
         }
         let down: Vec<Arc<str>> = {

@@ -235,15 +235,27 @@ impl Session {
                         intercepts,
                     },
                 );
-                if handler.tracks_presence() {
-                    crate::presence::tracker::on_subscribe(&self.node, &topic, first);
-                }
                 for (event, payload) in held {
                     let out = Outgoing::Push {
                         join_ref: Some(join_ref),
                         topic: &msg.topic,
                         event: &event,
                         payload: &payload,
+                    };
+                    self.node.send(&self.handle, self.wire, out);
+                }
+                if handler.tracks_presence() {
+                    if first {
+                        // This node had no replica of the topic: fetch the others' shares
+                        // before answering with the state, so it is complete.
+                        crate::presence::tracker::sync_first(&self.node, &topic).await;
+                    }
+                    let state = self.node.presence.state(&topic);
+                    let out = Outgoing::Push {
+                        join_ref: Some(join_ref),
+                        topic: &topic,
+                        event: "presence_state",
+                        payload: &state,
                     };
                     self.node.send(&self.handle, self.wire, out);
                 }
