@@ -128,10 +128,9 @@ impl Presence {
     }
 
     /// A new unique `phx_ref`.
-    /// Unique across the cluster: node id, boot incarnation, and a per-boot counter.
     fn new_ref(&self) -> Arc<str> {
         let n = self.next_ref.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("{}.{:x}.{:x}", self.me.node, self.me.inc, n).as_str())
+        Arc::from(format!("{:x}.{:x}.{}", self.me.inc, n, self.me.node.len()).as_str())
     }
 
     /// Build a meta owned by this node: `phx_ref`, optional `phx_ref_prev`, `online_at`, and
