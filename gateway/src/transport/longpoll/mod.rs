@@ -399,38 +399,8 @@ pub(crate) async fn deliver(
         return 410;
     };
     let serializer = session.serializer();
-    let lines: Vec<Bytes> = if ndjson {
-        let mut out = Vec::new();
-        let mut rest = body;
-        while !rest.is_empty() && out.len() < MAX_LINES {
-            let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
-            let mut line = rest.split_to(end);
-            if !rest.is_empty() {
-                let _ = rest.split_to(1);
-            }
-            if line.last() == Some(&b'\r') {
-                line.truncate(line.len() - 1);
-            }
-            if !line.is_empty() {
-                out.push(line);
-            }
-        }
-        out
-    } else {
-        vec![body]
-    };
-    for line in lines {
-        let decoded = if line.first() == Some(&b'[') || line.first() == Some(&b'{') {
-            serializer.decode_text(&line)
-        } else {
-            match base64::engine::general_purpose::STANDARD.decode(&line) {
-                Ok(bin) => serializer.decode_binary(Bytes::from(bin)),
-                Err(_) => Err(crate::protocol::ProtocolError::MalformedBinary(
-                    "not base64",
-                )),
-            }
-        };
-        match decoded {
+    for line in body_lines(body, ndjson) {
+        match decode_line(serializer, &line) {
             Ok(msg) => {
                 node.metrics
                     .messages_in
@@ -454,6 +424,50 @@ pub(crate) async fn deliver(
         }
     }
     200
+}
+
+/// The frames of a POST body: one per non-empty ndjson line (at most `MAX_LINES`, a trailing
+/// `\r` dropped), or the whole body. Public (hidden) only so the fuzz targets reach it.
+#[doc(hidden)]
+pub fn body_lines(body: Bytes, ndjson: bool) -> Vec<Bytes> {
+    if !ndjson {
+        return vec![body];
+    }
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() && out.len() < MAX_LINES {
+        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        let mut line = rest.split_to(end);
+        if !rest.is_empty() {
+            let _ = rest.split_to(1);
+        }
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        if !line.is_empty() {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// Decode one long-poll frame: JSON text, or a base64 V2 binary frame. Public (hidden) only so
+/// the fuzz targets reach it.
+#[doc(hidden)]
+pub fn decode_line(
+    serializer: crate::protocol::Serializer,
+    line: &Bytes,
+) -> Result<crate::protocol::Message, crate::protocol::ProtocolError> {
+    if line.first() == Some(&b'[') || line.first() == Some(&b'{') {
+        serializer.decode_text(line)
+    } else {
+        match base64::engine::general_purpose::STANDARD.decode(line) {
+            Ok(bin) => serializer.decode_binary(Bytes::from(bin)),
+            Err(_) => Err(crate::protocol::ProtocolError::MalformedBinary(
+                "not base64",
+            )),
+        }
+    }
 }
 
 /// End a session: terminate its channels and forget it.
