@@ -384,3 +384,312 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+// ---------------------------------------------------------------- fault-suite helpers
+// Used by `faults.rs`: the `gateway` binary as a child process, fallible client operations
+// (a client racing a dying node must see an error, not panic), and metric parsing.
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after `limit`. Returns how long
+/// it took.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// The value of the series written exactly `series` (metric name plus labels as rendered,
+/// e.g. `gateway_disconnects_total{reason="drain"}`) in a Prometheus text exposition; 0 when
+/// the series is absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            rest.starts_with(' ')
+                .then(|| rest.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+impl Client {
+    /// The next frame within `limit`: `Err(())` when nothing came, `Ok(None)` on EOF or reset.
+    pub async fn recv_within(&mut self, limit: Duration) -> Result<Option<Frame>, ()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(f) = self.parse() {
+                return Ok(Some(f));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Join `topic` with an empty payload, waiting at most `limit` for an ok reply; the error
+    /// says what came instead.
+    pub async fn try_join(&mut self, topic: &str, limit: Duration) -> Result<(), String> {
+        let r = self.next_ref();
+        let msg = json!([r, r, topic, "phx_join", {}]).to_string();
+        let frame = frame(0x81, msg.as_bytes(), true);
+        tokio::time::timeout(limit, self.stream.write_all(&frame))
+            .await
+            .map_err(|_| "join write timed out".to_string())?
+            .map_err(|e| format!("join write: {e}"))?;
+        match self.recv_within(limit).await {
+            Ok(Some(Frame::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                if v[3] == "phx_reply" && v[4]["status"] == "ok" && v[1] == r.as_str() {
+                    Ok(())
+                } else {
+                    Err(format!("join answered {v}"))
+                }
+            }
+            Ok(other) => Err(format!("join answered {other:?}")),
+            Err(()) => Err("no join reply".into()),
+        }
+    }
+
+    /// Send a close frame and wait (at most `limit`) for the server's close or EOF.
+    pub async fn close_politely(mut self, limit: Duration) {
+        let _ = self
+            .stream
+            .write_all(&frame(0x88, &1000u16.to_be_bytes(), true))
+            .await;
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Ok(Some(f)) = self
+            .recv_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            if matches!(f, Frame::Close(_)) {
+                break;
+            }
+        }
+    }
+}
+
+/// A WebSocket upgrade that returns an error instead of panicking: connect, handshake and
+/// status all within `limit`.
+pub async fn try_connect(addr: SocketAddr, path: &str, limit: Duration) -> Result<Client, String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => return Err("closed during handshake".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status != "101" {
+            return Err(format!("status {status}"));
+        }
+        buf.advance(end);
+        Ok(Client {
+            stream,
+            buf,
+            next_ref: 100,
+        })
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+}
+
+/// The `gateway` binary (`CARGO_BIN_EXE_gateway`) as a child process on `127.0.0.1:0`: its
+/// address is read from the `listening on` log line, and its stdout and stderr are kept so a
+/// test can assert it never panicked. SIGKILLed on drop.
+pub struct GatewayProcess {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    /// Every line the process wrote (stdout and stderr).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl GatewayProcess {
+    pub async fn start(args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the gateway binary");
+        let pid = child.id().expect("gateway pid");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = oneshot::channel::<SocketAddr>();
+        let mut tx = Some(tx);
+        let out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let keep = log.clone();
+        // Read both pipes to the end so the node never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut out = out;
+            while let Ok(Some(line)) = out.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    if let (Some(tx), Ok(a)) = (tx.take(), addr.parse()) {
+                        let _ = tx.send(a);
+                    }
+                }
+                let mut l = keep.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let keep = log.clone();
+        tokio::spawn(async move {
+            let mut err = err;
+            while let Ok(Some(line)) = err.next_line().await {
+                let mut l = keep.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the gateway did not log `listening on http://ADDR` within 10 s")
+            .expect("gateway exited before listening");
+        GatewayProcess {
+            child,
+            addr,
+            pid,
+            log,
+        }
+    }
+
+    /// Everything the process has written so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Panics (with the log) if the process wrote a Rust panic message.
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(
+            !log.contains("panicked at"),
+            "node {} panicked:\n{log}",
+            self.addr
+        );
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM (starts the drain).
+    pub async fn term(&self) {
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid);
+    }
+
+    /// Wait at most `limit` for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    pub async fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http(self.addr, method, path, &[], body).await
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.http("GET", "/readyz", "").await.0 == 200
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http("GET", "/metrics", "").await.1
+    }
+
+    /// One series of `/metrics` (see [`metric_value`]).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Live WebSocket sessions.
+    pub async fn sessions(&self) -> f64 {
+        self.metric("gateway_sessions{transport=\"websocket\"}")
+            .await
+    }
+
+    /// Resident set size in bytes, from `/proc/<pid>/status`.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    pub async fn ws(&self) -> Client {
+        Client::connect(self.addr, "/socket/websocket?vsn=2.0.0").await
+    }
+
+    /// POST /api/broadcast; true when the node accepted it (202).
+    pub async fn try_broadcast(&self, topic: &str, event: &str, payload: Value) -> bool {
+        try_broadcast(self.addr, topic, event, payload).await
+    }
+}
+
+/// POST /api/broadcast to `addr`; true when the node answered 202, false on any failure
+/// (refused, reset, timeout, other status), so a publisher can keep going while a node dies.
+pub async fn try_broadcast(addr: SocketAddr, topic: &str, event: &str, payload: Value) -> bool {
+    let body = json!({"topic": topic, "event": event, "payload": payload}).to_string();
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "POST /api/broadcast HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.ok()?;
+        Some(out.starts_with(b"HTTP/1.1 202"))
+    };
+    tokio::time::timeout(WAIT, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -210,3 +210,175 @@ impl RedisCluster {
         panic!("no owner for slot {slot}");
     }
 }
+
+/// A `redis-server` inside a network namespace of its own, reached from the host over a veth
+/// pair, so a test can cut the path and heal it. The cut is a black hole (the namespace's end
+/// of the pair goes down; permanent neighbour entries keep the host from learning anything), so
+/// established connections hang instead of being reset: what a partition looks like. Needs
+/// root (`ip netns`, veth); the namespace, the pair and the server go away on drop.
+pub struct NetnsRedis {
+    ns: String,
+    host_if: String,
+    ns_if: String,
+    /// The server's address on the namespace's end of the pair.
+    pub ip: std::net::Ipv4Addr,
+    /// The server's port (a fixed one is safe: the namespace is private to this value).
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the `ip` tool (iproute2) must be installed");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetnsRedis {
+    pub async fn start() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Unique per process and instance: names ≤ 15 bytes, one /30 in 10.240.0.0/14 each.
+        let slot = ((pid % 16384) * 4 + k % 4) as usize;
+        let net = [
+            10u8,
+            240 + (slot >> 14) as u8,
+            (slot >> 6) as u8,
+            ((slot & 63) << 2) as u8,
+        ];
+        let host_ip = std::net::Ipv4Addr::new(net[0], net[1], net[2], net[3] + 1);
+        let ns_ip = std::net::Ipv4Addr::new(net[0], net[1], net[2], net[3] + 2);
+        let ns = format!("gwf{pid}n{k}");
+        let host_if = format!("gwf{pid}a{k}");
+        let ns_if = format!("gwf{pid}b{k}");
+        let s = NetnsRedis {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
+            ip: ns_ip,
+            port: 6379,
+            child: None,
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &ns, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let mac = |netns: Option<&str>, dev: &str| {
+            let mut cmd = Command::new("ip");
+            if let Some(n) = netns {
+                cmd.args(["netns", "exec", n]);
+            }
+            let out = cmd
+                .args(["cat", &format!("/sys/class/net/{dev}/address")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let (host_mac, ns_mac) = (mac(None, &host_if), mac(Some(&ns), &ns_if));
+        ip(&[
+            "neigh",
+            "replace",
+            &ns_ip.to_string(),
+            "lladdr",
+            &ns_mac,
+            "dev",
+            &host_if,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "neigh",
+            "replace",
+            &host_ip.to_string(),
+            "lladdr",
+            &host_mac,
+            "dev",
+            &ns_if,
+            "nud",
+            "permanent",
+        ]);
+        let mut s = s;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "redis-server"])
+            .args(["--bind", &ns_ip.to_string(), "--port", &s.port.to_string()])
+            .args(["--protected-mode", "no", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (run .ci/setup)");
+        s.child = Some(child);
+        for _ in 0..500 {
+            if s.cmd(&["PING"]).await.is_some_and(|r| r == "PONG") {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not start in namespace {ns}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}:{}/", self.ip, self.port)
+    }
+
+    /// Black-hole the path: packets in both directions vanish.
+    pub fn cut(&self) {
+        ip(&["-n", &self.ns, "link", "set", &self.ns_if, "down"]);
+    }
+
+    /// Restore the path.
+    pub fn heal(&self) {
+        ip(&["-n", &self.ns, "link", "set", &self.ns_if, "up"]);
+    }
+
+    /// Run a command with redis-cli from the host (bounded to 2 s, so it also works during a
+    /// cut); `None` if the server does not answer.
+    pub async fn cmd(&self, args: &[&str]) -> Option<String> {
+        let run = tokio::process::Command::new("redis-cli")
+            .args(["-h", &self.ip.to_string(), "-p", &self.port.to_string()])
+            .args(args)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+}
+
+impl Drop for NetnsRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
