@@ -138,6 +138,14 @@ pub struct FanoutArgs {
     /// subscribers, so every delivery crosses the cluster PubSub.
     #[arg(long = "publish-url", value_name = "URL")]
     pub publish_urls: Vec<String>,
+    /// Seconds to hold the joined subscribers before the first publish; the memory reading
+    /// (`--server-pid` VmRSS and the load generator's own VmRSS) is taken at its end.
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
+    /// Gateway pid(s) whose /proc/<pid>/status VmRSS to read before the ramp and before the
+    /// first publish (repeatable).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
 }
 
 /// `churn` flags.

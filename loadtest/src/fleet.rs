@@ -119,6 +119,11 @@ impl Fleet {
         })
     }
 
+    /// Process ids of the workers still running (for reading their memory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
     /// Sum of the latest counters (no histograms).
     pub fn totals(&self) -> WorkerStats {
         sum(&self.latest)

@@ -1,7 +1,7 @@
 //! `loadtest merge`: combines the JSON reports of `--shard I/N` runs of one scenario into one
 //! report: counters summed, histograms added, rates and per-session figures recomputed.
 
-use crate::report::{Hists, Latency, Report};
+use crate::report::{Hists, Latency, Memory, Report};
 use crate::scenario::fanout::dot;
 use crate::scenario::RunError;
 use std::path::PathBuf;
@@ -12,6 +12,22 @@ fn add_vec(acc: &mut Vec<u64>, v: &[u64]) {
         acc.resize(v.len(), 0);
     }
     acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+}
+
+/// Two shards' memory readings: sessions and load-generator memory add up (each shard has its
+/// own processes); the server readings usually cover the same nodes from every shard, so the
+/// highest loaded and lowest baseline reading are kept rather than summed.
+fn add_memory(mut a: Memory, b: &Memory) -> Memory {
+    let opt = |x: Option<u64>, y: Option<u64>, f: fn(u64, u64) -> u64| match (x, y) {
+        (Some(x), Some(y)) => Some(f(x, y)),
+        (x, y) => x.or(y),
+    };
+    a.sessions += b.sessions;
+    a.loadgen_rss = opt(a.loadgen_rss, b.loadgen_rss, |x, y| x + y);
+    a.server_rss_baseline = opt(a.server_rss_baseline, b.server_rss_baseline, u64::min);
+    a.server_rss_loaded = opt(a.server_rss_loaded, b.server_rss_loaded, u64::max);
+    a.derive();
+    a
 }
 
 /// Reads and merges the reports.
@@ -67,7 +83,13 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
                 (x, y) => x.min(y),
             };
             a.last_delivery_us = a.last_delivery_us.max(b.last_delivery_us);
+            a.subscribers_at_publish += b.subscribers_at_publish;
+            a.subscribers_after += b.subscribers_after;
         }
+        m.memory = match (m.memory.take(), &r.memory) {
+            (Some(a), Some(b)) => Some(add_memory(a, b)),
+            (a, b) => a.or_else(|| b.clone()),
+        };
         if let (Some(a), Some(b)) = (m.churn.as_mut(), &r.churn) {
             a.cycles += b.cycles;
             a.cycles_requested += b.cycles_requested;
@@ -84,18 +106,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
     };
     if let Some(f) = m.fanout.as_mut() {
         f.expected = dot(&f.published_by_topic, &f.joined_by_topic);
-        f.loss = f.expected.saturating_sub(f.unique);
-        f.loss_ratio = if f.expected > 0 {
-            f.loss as f64 / f.expected as f64
-        } else {
-            0.0
-        };
-        let window = f.last_delivery_us.saturating_sub(f.first_publish_us) as f64 / 1e6;
-        f.deliveries_per_sec = if window > 0.0 {
-            f.deliveries as f64 / window
-        } else {
-            0.0
-        };
+        f.derive();
         f.latency = Latency::of(&hists[1]);
     }
     if let Some(c) = m.churn.as_mut() {
@@ -103,4 +114,40 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
     }
     m.histograms = Hists::encode(&hists);
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_of_shards_adds_load_generators_and_keeps_one_server_reading() {
+        let shard = |sessions, loadgen, loaded| {
+            let mut m = Memory {
+                sessions,
+                server_rss_baseline: Some(1000),
+                server_rss_loaded: Some(loaded),
+                loadgen_rss: Some(loadgen),
+                ..Default::default()
+            };
+            m.derive();
+            Report {
+                scenario: "fanout".into(),
+                memory: Some(m),
+                ..Default::default()
+            }
+        };
+        let m = merge(&[shard(10, 500, 3000), shard(30, 1500, 5000)])
+            .unwrap()
+            .memory
+            .unwrap();
+        assert_eq!(m.sessions, 40);
+        assert_eq!(m.loadgen_rss, Some(2000));
+        assert_eq!(m.loadgen_bytes_per_session, Some(50.0));
+        assert_eq!(
+            (m.server_rss_baseline, m.server_rss_loaded),
+            (Some(1000), Some(5000))
+        );
+        assert_eq!(m.server_bytes_per_session, Some(100.0));
+    }
 }

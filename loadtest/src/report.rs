@@ -145,6 +145,68 @@ pub struct Fanout {
     pub last_delivery_us: u64,
     /// End-to-end latency (publisher timestamp → subscriber receipt).
     pub latency: Latency,
+    /// Subscribers joined and held when publishing began (lower than the joined count when
+    /// the server closed some during the ramp or the hold).
+    #[serde(default)]
+    pub subscribers_at_publish: u64,
+    /// Subscribers still held after the deliveries drained, before the load generator closed
+    /// them.
+    #[serde(default)]
+    pub subscribers_after: u64,
+    /// First publish → last delivery, seconds, when every expected delivery arrived (no loss):
+    /// for a single publish, the time for one broadcast to reach every subscriber.
+    #[serde(default)]
+    pub full_delivery_secs: Option<f64>,
+}
+
+impl Fanout {
+    /// Recomputes the derived figures (loss, rates, full-delivery time) from the counters.
+    pub fn derive(&mut self) {
+        self.loss = self.expected.saturating_sub(self.unique);
+        self.loss_ratio = if self.expected > 0 {
+            self.loss as f64 / self.expected as f64
+        } else {
+            0.0
+        };
+        let window = self.last_delivery_us.saturating_sub(self.first_publish_us) as f64 / 1e6;
+        self.deliveries_per_sec = if window > 0.0 && self.deliveries > 0 {
+            self.deliveries as f64 / window
+        } else {
+            0.0
+        };
+        self.full_delivery_secs =
+            (self.expected > 0 && self.loss == 0 && self.last_delivery_us > 0).then_some(window);
+    }
+}
+
+/// Memory of both sides with the sessions held (fan-out with `--hold-secs`/`--server-pid`),
+/// read just before the first publish.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Sessions joined and held at the reading.
+    pub sessions: u64,
+    /// VmRSS sum of the `--server-pid`s before the ramp, bytes.
+    pub server_rss_baseline: Option<u64>,
+    /// VmRSS sum of the `--server-pid`s at the reading, bytes.
+    pub server_rss_loaded: Option<u64>,
+    /// (loaded − baseline) server VmRSS / sessions.
+    pub server_bytes_per_session: Option<f64>,
+    /// VmRSS sum of the load generator (coordinator + every worker) at the reading, bytes.
+    pub loadgen_rss: Option<u64>,
+    /// Load-generator VmRSS / sessions (whole processes, fixed costs included).
+    pub loadgen_bytes_per_session: Option<f64>,
+}
+
+impl Memory {
+    /// Recomputes the per-session figures from the sums.
+    pub fn derive(&mut self) {
+        let per = |b: f64| (self.sessions > 0).then(|| b / self.sessions as f64);
+        self.server_bytes_per_session = match (self.server_rss_baseline, self.server_rss_loaded) {
+            (Some(b), Some(l)) => per(l as f64 - b as f64),
+            _ => None,
+        };
+        self.loadgen_bytes_per_session = self.loadgen_rss.and_then(|r| per(r as f64));
+    }
 }
 
 /// Churn figures.
@@ -225,6 +287,9 @@ pub struct Report {
     /// Failover figures.
     #[serde(default)]
     pub failover: Option<Failover>,
+    /// Memory of servers and load generator with the sessions held (fan-out).
+    #[serde(default)]
+    pub memory: Option<Memory>,
     /// Raw histograms.
     pub histograms: Hists,
     /// SLO gate results.

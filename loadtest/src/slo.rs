@@ -6,7 +6,8 @@
 //! fan-out, connect+join otherwise), `loss`, `duplicates`, `errors`, `failed` (counts, or with
 //! `%` relative to expected deliveries / sessions), `bytes_per_session`, `rate` (connect+join
 //! sessions/s), `deliveries_per_sec`, `cycles_per_sec`, `recovery` (failover: first close to last
-//! re-join). Units: `us ms s` for latency, `%`,
+//! re-join), `full_delivery` (fan-out: first publish to last delivery, measured only when
+//! nothing was lost). Units: `us ms s` for latency, `%`,
 //! `B KiB MiB` for bytes.
 
 use crate::report::{Latency, Report};
@@ -30,7 +31,7 @@ pub enum SloError {
     #[error("no operator (> >= < <= ==) in {0:?}")]
     NoOperator(String),
     /// Unknown metric name.
-    #[error("unknown metric {0:?} (p50 p90 p99 p999 max mean loss duplicates errors failed bytes_per_session rate deliveries_per_sec cycles_per_sec recovery)")]
+    #[error("unknown metric {0:?} (p50 p90 p99 p999 max mean loss duplicates errors failed bytes_per_session rate deliveries_per_sec cycles_per_sec recovery full_delivery)")]
     Metric(String),
     /// Threshold not a number with a known unit.
     #[error("bad threshold {0:?}")]
@@ -68,6 +69,7 @@ const METRICS: &[&str] = &[
     "deliveries_per_sec",
     "cycles_per_sec",
     "recovery",
+    "full_delivery",
 ];
 
 /// Parses `metric op threshold[unit]`.
@@ -148,14 +150,16 @@ fn value(g: &Gate, r: &Report) -> Option<f64> {
         "errors" => r.errors_total as f64,
         "failed" if g.percent => pct(r.sessions_failed, r.sessions_requested),
         "failed" => r.sessions_failed as f64,
-        "bytes_per_session" => {
-            let c = r.capacity.as_ref()?;
-            c.bytes_per_session_proc.or(c.bytes_per_session_metrics)?
-        }
+        "bytes_per_session" => match (&r.capacity, &r.memory) {
+            (Some(c), _) => c.bytes_per_session_proc.or(c.bytes_per_session_metrics)?,
+            (None, Some(m)) => m.server_bytes_per_session?,
+            (None, None) => return None,
+        },
         "rate" => r.connect_join_rate,
         "deliveries_per_sec" => r.fanout.as_ref()?.deliveries_per_sec,
         "cycles_per_sec" => r.churn.as_ref()?.cycles_per_sec,
         "recovery" => r.failover.as_ref()?.recovery_secs? * 1e6,
+        "full_delivery" => r.fanout.as_ref()?.full_delivery_secs? * 1e6,
         _ => return None,
     })
 }
@@ -238,5 +242,33 @@ mod tests {
         });
         let res = evaluate(&gates[5..], &r);
         assert_eq!((res[0].value, res[0].violated), (Some(1500.0), false));
+    }
+
+    #[test]
+    fn full_delivery_is_measured_only_without_loss() {
+        let gate = [parse("full_delivery>2s").unwrap()];
+        let mut f = Fanout {
+            expected: 10,
+            unique: 10,
+            deliveries: 10,
+            first_publish_us: 1_000_000,
+            last_delivery_us: 3_500_000,
+            ..Default::default()
+        };
+        f.derive();
+        assert_eq!(f.full_delivery_secs, Some(2.5));
+        let mut r = Report {
+            fanout: Some(f.clone()),
+            ..Default::default()
+        };
+        let res = evaluate(&gate, &r);
+        assert_eq!((res[0].value, res[0].violated), (Some(2.5e6), true));
+        // One delivery missing: there is no full-delivery time, so the gate cannot pass.
+        f.unique = 9;
+        f.derive();
+        assert_eq!((f.loss, f.full_delivery_secs), (1, None));
+        r.fanout = Some(f);
+        let res = evaluate(&gate, &r);
+        assert_eq!((res[0].value, res[0].violated), (None, true));
     }
 }

@@ -87,6 +87,44 @@ impl Report {
             );
             row("deliveries/s", format!("{:.0}", f.deliveries_per_sec));
             row("delivery latency", lat(&f.latency));
+            row(
+                "full delivery",
+                f.full_delivery_secs
+                    .map_or("n/a (loss or nothing expected)".into(), |v| {
+                        format!("{v:.3} s from first publish to last delivery")
+                    }),
+            );
+            row(
+                "subscribers held",
+                format!(
+                    "{} at first publish, {} after the drain",
+                    f.subscribers_at_publish, f.subscribers_after
+                ),
+            );
+        }
+        if let Some(m) = &self.memory {
+            let mib = |v: Option<u64>| {
+                v.map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+            };
+            let per = |v: Option<f64>| v.map_or("n/a".into(), |b| format!("{b:.0} B/session"));
+            row(
+                "server RSS (/proc)",
+                format!(
+                    "{} -> {} ({}) with {} sessions",
+                    mib(m.server_rss_baseline),
+                    mib(m.server_rss_loaded),
+                    per(m.server_bytes_per_session),
+                    m.sessions
+                ),
+            );
+            row(
+                "load generator RSS",
+                format!(
+                    "{} ({})",
+                    mib(m.loadgen_rss),
+                    per(m.loadgen_bytes_per_session)
+                ),
+            );
         }
         if let Some(c) = &self.churn {
             row(

@@ -177,6 +177,65 @@ async fn fanout_delivers_every_publish_to_every_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broadcast_after_a_hold_reaches_everyone_and_memory_is_read() {
+    let node = start_node().await;
+    // The gateway runs inside this test process: its pid is the server pid.
+    let pid = std::process::id().to_string();
+    let (code, r) = loadtest(s(&[
+        "fanout",
+        "--url",
+        &node.url,
+        "-n",
+        "240",
+        "--workers",
+        "3",
+        "--topics",
+        "1",
+        "--hold-secs",
+        "3",
+        "--server-pid",
+        &pid,
+        "--publish-rate",
+        "1",
+        "--duration-secs",
+        "1",
+        "--fail-if",
+        "loss>0",
+        "--fail-if",
+        "full_delivery>30s",
+    ]))
+    .await;
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    let f = &r["fanout"];
+    assert_eq!(u(&f["publishes_ok"]), 1, "exactly one broadcast");
+    assert_eq!(u(&f["expected"]), 240);
+    assert_eq!(u(&f["unique"]), 240);
+    assert_eq!(u(&f["subscribers_at_publish"]), 240);
+    assert_eq!(u(&f["subscribers_after"]), 240);
+    let window = (u(&f["last_delivery_us"]) - u(&f["first_publish_us"])) as f64 / 1e6;
+    let full = f["full_delivery_secs"].as_f64().expect("measured");
+    assert!(
+        full > 0.0 && (full - window).abs() < 1e-9,
+        "{full} vs {window}"
+    );
+    // The broadcast waited for the hold: it left at least 3 s after the run started.
+    let started_us = u(&r["started_unix"]) * 1_000_000;
+    assert!(u(&f["first_publish_us"]) >= started_us + 3_000_000);
+    let m = &r["memory"];
+    assert_eq!(u(&m["sessions"]), 240);
+    assert!(u(&m["server_rss_loaded"]) > 0);
+    assert!(m["server_bytes_per_session"].is_number());
+    // Coordinator + 3 workers, each a whole process: well above 1 MiB in total.
+    assert!(
+        u(&m["loadgen_rss"]) > 1 << 20,
+        "loadgen rss {}",
+        m["loadgen_rss"]
+    );
+    let per = m["loadgen_bytes_per_session"].as_f64().unwrap();
+    assert!((per - u(&m["loadgen_rss"]) as f64 / 240.0).abs() < 1e-6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_completes_every_cycle() {
     let node = start_node().await;
     let (code, r) = loadtest(s(&[

@@ -4,14 +4,20 @@
 //!
 //! Expected deliveries are Σ over topics of (2xx publishes × joined subscribers), so a refused
 //! publish or a failed join never shows up as loss. With `--shard`, only shard 1 publishes.
+//!
+//! With `--hold-secs`, the joined subscribers are held idle that long first, and the memory of
+//! both sides is read at its end (servers by `--server-pid` VmRSS, the load generator as the
+//! VmRSS of the coordinator and its workers). A single publish (`--publish-rate 1
+//! --duration-secs 1`) then measures one broadcast's time to reach every subscriber.
 
 use super::{base_report, launch_and_ramp, Clock, RunError, STOP_LIMIT};
 use crate::cli::FanoutArgs;
 use crate::fleet::Fleet;
+use crate::metrics::{proc_rss, proc_rss_sum};
 use crate::plan;
 use crate::protocol::Mode;
 use crate::publisher::{self, PublishPlan};
-use crate::report::{Fanout, Latency, Report};
+use crate::report::{Fanout, Latency, Memory, Report};
 use crate::target::Target;
 use std::time::Duration;
 
@@ -36,9 +42,36 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
             .map_err(plan::PlanError::from)?;
         plan::nodes(&publish)
     };
+    let server_base = proc_rss_sum(&a.server_pids);
     let clock = Clock::start();
     let (mut fleet, _) = launch_and_ramp(c, plans).await?;
     let joined_by_topic = fleet.joined_by_topic();
+    if a.hold_secs > 0 {
+        fleet.note = format!("holding {} s", a.hold_secs);
+        fleet
+            .run_until(Duration::from_secs(a.hold_secs), |_| false)
+            .await?;
+    }
+    let at_publish = fleet.totals().active;
+    let memory = (a.hold_secs > 0 || !a.server_pids.is_empty()).then(|| {
+        let mut m = Memory {
+            sessions: at_publish,
+            server_rss_baseline: server_base,
+            server_rss_loaded: proc_rss_sum(&a.server_pids),
+            loadgen_rss: fleet
+                .pids()
+                .into_iter()
+                .chain([std::process::id()])
+                .map(proc_rss)
+                .sum(),
+            ..Default::default()
+        };
+        if a.server_pids.is_empty() {
+            (m.server_rss_baseline, m.server_rss_loaded) = (None, None);
+        }
+        m.derive();
+        m
+    });
 
     let count = if share.shard.0 == 1 {
         (a.publish_rate * a.duration_secs).round() as u64
@@ -70,22 +103,23 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
     let expected = dot(&outcome.ok_by_topic, &joined_by_topic);
     fleet.note = format!("draining (expect {expected})");
     drain(&mut fleet, expected, Duration::from_secs(a.drain_secs)).await?;
+    let after = fleet.totals().active;
+    fleet.note = "closing sessions".into();
     let finals = fleet.stop(STOP_LIMIT).await?;
 
     let params = serde_json::json!({
         "urls": c.urls, "subscribers": c.sessions, "topics": a.topics,
         "publish_rate": a.publish_rate, "duration_secs": a.duration_secs,
         "publishers": a.publishers, "payload_bytes": a.payload_bytes, "rate": c.rate,
-        "publish_urls": a.publish_urls,
+        "publish_urls": a.publish_urls, "hold_secs": a.hold_secs, "server_pids": a.server_pids,
+        "heartbeat_secs": c.heartbeat_secs, "sources": c.sources, "max_inflight": c.max_inflight,
     });
     let (mut report, hists) = base_report("fanout", c, params, &finals, clock)?;
     report.errors.publish += outcome.errors;
     report.errors_total += outcome.errors;
     let t = crate::fleet::sum(&finals);
     let publishes_ok: u64 = outcome.ok_by_topic.iter().sum();
-    let loss = expected.saturating_sub(t.unique);
-    let window = t.last_delivery_us.saturating_sub(outcome.first_us) as f64 / 1e6;
-    report.fanout = Some(Fanout {
+    let mut fanout = Fanout {
         topics: a.topics.max(1),
         joined_by_topic,
         published_by_topic: outcome.ok_by_topic.clone(),
@@ -102,21 +136,16 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         deliveries: t.deliveries,
         unique: t.unique,
         duplicates: t.duplicates,
-        loss,
-        loss_ratio: if expected > 0 {
-            loss as f64 / expected as f64
-        } else {
-            0.0
-        },
-        deliveries_per_sec: if window > 0.0 && t.deliveries > 0 {
-            t.deliveries as f64 / window
-        } else {
-            0.0
-        },
         first_publish_us: outcome.first_us,
         last_delivery_us: t.last_delivery_us,
         latency: Latency::of(&hists[1]),
-    });
+        subscribers_at_publish: at_publish,
+        subscribers_after: after,
+        ..Default::default()
+    };
+    fanout.derive();
+    report.fanout = Some(fanout);
+    report.memory = memory;
     Ok(report)
 }
 
