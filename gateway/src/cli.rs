@@ -58,6 +58,18 @@ pub struct Cli {
     /// Most channels per session.
     #[arg(long, env = "GATEWAY_MAX_CHANNELS", default_value_t = 100)]
     pub max_channels: usize,
+    /// Most sessions on this node; more get HTTP 503 + Retry-After [default: the open-files
+    /// limit minus 256; 0 = no cap].
+    #[arg(long, env = "GATEWAY_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// New sessions per second per source address (IPv6: per /64); more get HTTP 429 +
+    /// Retry-After. 0 = off.
+    #[arg(long, env = "GATEWAY_CONNECT_RATE_PER_IP", default_value_t = 0)]
+    pub connect_rate_per_ip: u32,
+    /// Messages per second one session may send; more get an error reply, and a session that
+    /// keeps on is closed with 4029. 0 = off.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SEC", default_value_t = 1000)]
+    pub max_messages_per_sec: u32,
     /// Close a WebSocket after this many seconds without received data.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
@@ -148,6 +160,9 @@ impl Cli {
             check_origin: self.check_origin,
             max_message_size: self.max_message_size,
             max_channels: self.max_channels,
+            max_sessions: self.max_sessions.unwrap_or(0),
+            connect_rate_per_ip: self.connect_rate_per_ip,
+            max_messages_per_sec: self.max_messages_per_sec,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             outbox_max_frames: self.outbox_max_frames,
             outbox_max_bytes: self.outbox_max_bytes,

@@ -43,6 +43,14 @@ pub struct Config {
     pub max_message_size: usize,
     /// Most channels one session may join (default 100, like Phoenix).
     pub max_channels: usize,
+    /// Most sessions this node holds; more get HTTP 503 + `Retry-After` (0: no cap; the binary
+    /// defaults to its open-files limit minus a reserve).
+    pub max_sessions: usize,
+    /// New sessions per second per source address; more get HTTP 429 + `Retry-After` (0: off).
+    pub connect_rate_per_ip: u32,
+    /// Messages per second a session may send (burst: one second's worth); more get an error
+    /// reply, and a session that keeps on is closed with 4029 (0: off).
+    pub max_messages_per_sec: u32,
     /// Close a WebSocket session after this long without received data (default 60 s).
     pub idle_timeout: Duration,
     /// Most frames queued for one session before it is closed as a slow consumer (default 4096).
@@ -91,6 +99,9 @@ impl Default for Config {
             check_origin: Vec::new(),
             max_message_size: 1 << 20,
             max_channels: 100,
+            max_sessions: 0,
+            connect_rate_per_ip: 0,
+            max_messages_per_sec: 1000,
             idle_timeout: Duration::from_secs(60),
             outbox_max_frames: 4096,
             outbox_max_bytes: 8 << 20,

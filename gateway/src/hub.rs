@@ -106,27 +106,21 @@ impl Hub {
 
     /// Subscribe a session to a topic. Returns the shared topic string for the caller to keep.
     pub fn subscribe(&self, topic: &str, session: &Arc<SessionHandle>, kind: SubKind) -> Arc<str> {
-        self.subscribe_first(topic, session, kind).0
+        self.subscribe_with(topic, session, kind, |_| {})
     }
 
-    /// `subscribe`, also telling whether this is the topic's first local subscriber.
-    pub fn subscribe_first(
+    /// `subscribe`, running `prelude` under the topic's lock once the session is in: what it
+    /// queues on the session precedes every broadcast the subscription delivers, and no
+    /// broadcast fanned out before it is lost to a snapshot `prelude` takes (presence state).
+    pub fn subscribe_with(
         &self,
         topic: &str,
         session: &Arc<SessionHandle>,
         kind: SubKind,
-    ) -> (Arc<str>, bool) {
+        prelude: impl FnOnce(&Arc<str>),
+    ) -> Arc<str> {
         let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
-        let (key, first) = match shard.get_key_value(topic) {
-            Some((k, _)) => (k.clone(), false),
-            None => {
-                self.pubsub.subscribe(topic);
-                self.metrics.topics.inc();
-                let k: Arc<str> = Arc::from(topic);
-                shard.insert(k.clone(), HashMap::new());
-                (k, true)
-            }
-        };
+        let key = self.entry(&mut shard, topic).0;
         if let Some(subs) = shard.get_mut(topic) {
             subs.insert(
                 session.key,
@@ -136,14 +130,47 @@ impl Hub {
                 },
             );
         }
-        (key, first)
+        prelude(&key);
+        key
+    }
+
+    /// Make this node interested in `topic` before any local session subscribes (a presence
+    /// channel fetches the other nodes' state first). Returns a hold if the interest is new;
+    /// dropping it withdraws the interest unless a session subscribed meanwhile.
+    pub fn hold<'a>(&'a self, topic: &'a str) -> Option<Hold<'a>> {
+        let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+        let new = self.entry(&mut shard, topic).1;
+        drop(shard);
+        // Lazily: a `Hold` made and dropped for an existing topic would withdraw its interest.
+        new.then(|| Hold { hub: self, topic })
+    }
+
+    /// The topic's entry, created (and the adapter told) if it is new.
+    fn entry(&self, shard: &mut Topics, topic: &str) -> (Arc<str>, bool) {
+        match shard.get_key_value(topic) {
+            Some((k, _)) => (k.clone(), false),
+            None => {
+                self.pubsub.subscribe(topic);
+                self.metrics.topics.inc();
+                let k: Arc<str> = Arc::from(topic);
+                shard.insert(k.clone(), HashMap::new());
+                (k, true)
+            }
+        }
     }
 
     /// Remove a session's subscription to a topic.
     pub fn unsubscribe(&self, topic: &str, session_key: u64) {
+        self.remove(topic, Some(session_key));
+    }
+
+    /// Remove a subscriber (if any), and the topic with its interest once nobody is left.
+    fn remove(&self, topic: &str, session_key: Option<u64>) {
         let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
         if let Some(subs) = shard.get_mut(topic) {
-            subs.remove(&session_key);
+            if let Some(k) = session_key {
+                subs.remove(&k);
+            }
             if subs.is_empty() {
                 shard.remove(topic);
                 self.pubsub.unsubscribe(topic);
@@ -215,5 +242,19 @@ impl Hub {
             self.metrics.deliveries.inc_by(delivered as u64);
         }
         delivered
+    }
+}
+
+/// Interest in a topic held without a subscriber (see `Hub::hold`).
+pub struct Hold<'a> {
+    /// The hub holding the interest.
+    hub: &'a Hub,
+    /// The topic.
+    topic: &'a str,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.hub.remove(self.topic, None);
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! Entry point: [`run`] (or [`Gateway`] to add Rust channels or share an in-process bus).
 
+pub mod admission;
 pub mod auth;
 pub mod channel;
 pub mod cli;
@@ -168,6 +169,7 @@ impl Gateway {
             router: Self::build_router(&config, router),
             registry: session::Registry::default(),
             draining: AtomicBool::new(false),
+            admission: admission::Admission::new(config.max_sessions, config.connect_rate_per_ip),
             pubsub,
             auth,
             metrics,

@@ -19,21 +19,35 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Raise the soft open-files limit to the hard limit: each session is a file descriptor.
+/// Raise the soft open-files limit to the hard limit (each session is a file descriptor) and
+/// return the limit in force, if it could be read.
 #[allow(unsafe_code)]
-fn raise_nofile() {
+fn raise_nofile() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
         }
     }
+    Some(lim.rlim_cur)
 }
+
+/// Descriptors kept free of sessions when the session cap comes from the open-files limit:
+/// the listener, broker connections, API and metrics requests, and the 503 answers themselves.
+const FD_RESERVE: u64 = 256;
 
 /// Accept backlog: std/mio use 128, which overflows during connect storms (dropped SYNs are
 /// retried only after 1 s); the kernel caps it at `net.core.somaxconn`.
@@ -63,15 +77,20 @@ async fn shutdown_signal() {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    raise_nofile();
+    let nofile = raise_nofile();
     let addr = SocketAddr::new(cli.bind, cli.port);
-    let config = match cli.into_config() {
+    let cap_given = cli.max_sessions.is_some();
+    let mut config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");
             return std::process::ExitCode::from(2);
         }
     };
+    if !cap_given {
+        // A full fd table would leave clients hanging in the accept backlog; a cap answers 503.
+        config.max_sessions = nofile.map_or(0, |n| n.saturating_sub(FD_RESERVE).max(1) as usize);
+    }
     let listener = match listen(addr) {
         Ok(l) => l,
         Err(e) => {

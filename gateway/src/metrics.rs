@@ -46,6 +46,8 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     /// Sessions closed because their outbox overflowed.
     pub slow_consumers: IntCounter,
+    /// Client messages refused for exceeding the session's message rate.
+    pub rate_limited: IntCounter,
     /// Sessions closed by a `disconnect` broadcast on their id topic.
     pub forced_disconnects: IntCounter,
     /// Broadcasts a subscriber's wire format could not carry (binary to V1 or long-poll).
@@ -278,6 +280,11 @@ impl Metrics {
                 "gateway_slow_consumer_disconnects_total",
                 "Sessions closed because their outbox overflowed.",
             ),
+            rate_limited: counter(
+                &r,
+                "gateway_rate_limited_messages_total",
+                "Client messages refused for exceeding the per-session message rate.",
+            ),
             forced_disconnects: counter(
                 &r,
                 "gateway_forced_disconnects_total",
@@ -314,6 +321,8 @@ impl Metrics {
             "draining",
             "not_upgrade",
             "handshake",
+            "full",
+            "ip_rate",
         ] {
             self.connect_refusals.with_label_values(&[r]);
         }
@@ -329,6 +338,7 @@ impl Metrics {
             "idle_timeout",
             "slow_consumer",
             "bad_message",
+            "rate_limited",
             "server",
         ] {
             self.disconnects.with_label_values(&[r]);

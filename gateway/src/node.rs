@@ -34,6 +34,8 @@ pub struct Node {
     pub auth: Auth,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Session cap and per-IP connect rate, checked before a session exists.
+    pub admission: crate::admission::Admission,
     /// Set when the drain starts: `/readyz` fails and new connections are refused.
     pub draining: AtomicBool,
     /// Outbox limits of channel sessions.
@@ -78,6 +80,23 @@ impl Node {
     /// Whether the node should receive traffic (`/readyz`).
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed) && self.pubsub.is_ready()
+    }
+
+    /// Admit a new session from `peer` (session cap, per-IP rate), counting refusals.
+    pub fn admit(
+        &self,
+        peer: Option<&crate::admission::PeerAddr>,
+    ) -> Result<(), crate::admission::Refusal> {
+        let verdict = self
+            .admission
+            .admit(self.registry.len(), peer.map(|p| p.0.ip()));
+        if let Err(r) = verdict {
+            self.metrics
+                .connect_refusals
+                .with_label_values(&[r.label()])
+                .inc();
+        }
+        verdict
     }
 
     /// Whether the drain has started.

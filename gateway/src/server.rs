@@ -12,8 +12,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::admission::PeerAddr;
 use crate::node::Node;
 use crate::transport::{echo, longpoll, websocket};
 use crate::{demo, http_api};
@@ -44,8 +46,8 @@ pub async fn accept_loop(listener: TcpListener, router: axum::Router, stop: Canc
             () = stop.cancelled() => return,
             r = listener.accept() => r,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
                 warn!(error = %e, "accept failed");
@@ -54,7 +56,13 @@ pub async fn accept_loop(listener: TcpListener, router: axum::Router, stop: Canc
             }
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Admission needs the peer address (per-IP connect rate).
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req
+            },
+        ));
         tokio::spawn(async move {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -30,6 +30,25 @@ impl CloseCode {
     /// A message that does not decode with the session's serializer (bad JSON, wrong arity,
     /// non-string refs, garbage binary frame).
     pub const BAD_MESSAGE: CloseCode = CloseCode(4005);
+    /// The session kept sending faster than `max_messages_per_sec` after being told so.
+    pub const RATE_LIMITED: CloseCode = CloseCode(4029);
+
+    /// Label for `gateway_disconnects_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCode::GOING_AWAY => "forced",
+            CloseCode::RESTART => "drain",
+            CloseCode::PROTOCOL_ERROR => "protocol_error",
+            CloseCode::INVALID_DATA => "invalid_utf8",
+            CloseCode::TOO_BIG => "too_big",
+            CloseCode::UNSUPPORTED_DATA => "unsupported_data",
+            CloseCode::IDLE_TIMEOUT => "idle_timeout",
+            CloseCode::SLOW_CONSUMER => "slow_consumer",
+            CloseCode::BAD_MESSAGE => "bad_message",
+            CloseCode::RATE_LIMITED => "rate_limited",
+            _ => "server",
+        }
+    }
 }
 
 /// A close the node has decided on: the code and a short human-readable reason.

@@ -6,6 +6,7 @@
 
 mod close;
 mod outbox;
+mod rate;
 mod registry;
 
 use std::panic::AssertUnwindSafe;
@@ -55,6 +56,8 @@ pub struct Session {
     id_topic: Option<Arc<str>>,
     /// Joined channels (a few per session; a Vec is smaller and faster than a map here).
     channels: Vec<Joined>,
+    /// Message rate limit (`max_messages_per_sec`).
+    rate: rate::Rate,
 }
 
 impl std::fmt::Debug for Session {
@@ -112,6 +115,10 @@ impl Session {
             .as_ref()
             .and_then(|c| c.session_id())
             .map(|id| node.hub.subscribe(&id, &handle, SubKind::SessionId));
+        let rate = rate::Rate::new(
+            node.config.max_messages_per_sec,
+            node.registry.clock.now_ms(),
+        );
         Session {
             node,
             handle,
@@ -119,6 +126,7 @@ impl Session {
             claims,
             id_topic,
             channels: Vec::new(),
+            rate,
         }
     }
 
@@ -157,6 +165,22 @@ impl Session {
 
     /// Handle one client message.
     pub async fn handle(&mut self, msg: Message) {
+        let per_sec = self.node.config.max_messages_per_sec;
+        match self.rate.check(per_sec, self.node.registry.clock.now_ms()) {
+            rate::Verdict::Allow => {}
+            rate::Verdict::Refuse => {
+                self.node.metrics.rate_limited.inc();
+                let reply = Reply::error(reason("rate limited"));
+                let join_ref = msg.join_ref.as_deref();
+                return self.reply(join_ref, msg.msg_ref.as_deref(), &msg.topic, &reply);
+            }
+            rate::Verdict::Close => {
+                self.node.metrics.rate_limited.inc();
+                return self
+                    .handle
+                    .close(Close::new(CloseCode::RATE_LIMITED, "rate limited"));
+            }
+        }
         if msg.topic == PHOENIX_TOPIC && msg.event == HEARTBEAT {
             self.reply(
                 None,
@@ -227,38 +251,44 @@ impl Session {
                 let intercepts = handler.intercepts();
                 let intercepts = (!intercepts.is_empty())
                     .then(|| intercepts.iter().map(|e| e.to_string()).collect());
-                let (topic, first) = self.node.hub.subscribe_first(
+                // A presence channel on a topic new to this node first fetches the other
+                // nodes' shares (holding the topic's interest so their deltas arrive), so the
+                // state it answers with is complete.
+                let presence = handler.tracks_presence();
+                let hold = presence.then(|| self.node.hub.hold(&msg.topic)).flatten();
+                if hold.is_some() {
+                    crate::presence::tracker::sync_first(&self.node, &msg.topic).await;
+                }
+                // Pushes made during join, then the presence state, are queued under the
+                // topic's lock: they precede every broadcast and diff the subscription brings.
+                let (node, handle, wire) = (&self.node, &self.handle, self.wire);
+                let topic = node.hub.subscribe_with(
                     &msg.topic,
-                    &self.handle,
-                    SubKind::Channel {
-                        wire: self.wire,
-                        intercepts,
+                    handle,
+                    SubKind::Channel { wire, intercepts },
+                    |topic| {
+                        for (event, payload) in held {
+                            let out = Outgoing::Push {
+                                join_ref: Some(join_ref),
+                                topic,
+                                event: &event,
+                                payload: &payload,
+                            };
+                            node.send(handle, wire, out);
+                        }
+                        if presence {
+                            let state = node.presence.state(topic);
+                            let out = Outgoing::Push {
+                                join_ref: Some(join_ref),
+                                topic,
+                                event: "presence_state",
+                                payload: &state,
+                            };
+                            node.send(handle, wire, out);
+                        }
                     },
                 );
-                for (event, payload) in held {
-                    let out = Outgoing::Push {
-                        join_ref: Some(join_ref),
-                        topic: &msg.topic,
-                        event: &event,
-                        payload: &payload,
-                    };
-                    self.node.send(&self.handle, self.wire, out);
-                }
-                if handler.tracks_presence() {
-                    if first {
-                        // This node had no replica of the topic: fetch the others' shares
-                        // before answering with the state, so it is complete.
-                        crate::presence::tracker::sync_first(&self.node, &topic).await;
-                    }
-                    let state = self.node.presence.state(&topic);
-                    let out = Outgoing::Push {
-                        join_ref: Some(join_ref),
-                        topic: &topic,
-                        event: "presence_state",
-                        payload: &state,
-                    };
-                    self.node.send(&self.handle, self.wire, out);
-                }
+                drop(hold);
                 self.node.metrics.joins.inc();
                 // Exact capacity: most sessions join one or two topics and stay idle.
                 self.channels.reserve_exact(1);

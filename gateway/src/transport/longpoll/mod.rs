@@ -28,6 +28,7 @@ pub use token::Token;
 
 use super::connect::authorize;
 use super::{Framing, Wire};
+use crate::admission::{PeerAddr, Refusal};
 use crate::node::Node;
 use crate::protocol::json_string;
 use crate::session::{Close, CloseCode, OutItem, Session, SessionHandle, TransportKind};
@@ -183,7 +184,22 @@ pub async fn endpoint(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     match parts.method {
         Method::OPTIONS => preflight(&parts.headers),
-        Method::GET => respond(get(&node, &parts.headers, parts.uri.query()).await),
+        Method::GET => {
+            let peer = parts.extensions.get();
+            match get(&node, &parts.headers, parts.uri.query(), peer).await {
+                Ok(body) => respond(body),
+                Err(refusal) => {
+                    // A real HTTP status (phoenix.js retries it with backoff; a 503/429 in the
+                    // JSON body would make it throw), readable cross-origin.
+                    let mut r = refusal.response();
+                    r.headers_mut().insert(
+                        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                        HeaderValue::from_static("*"),
+                    );
+                    r
+                }
+            }
+        }
         Method::POST => {
             let limit = node.config.max_message_size.saturating_mul(4).max(1 << 20);
             let Ok(body) = axum::body::to_bytes(body, limit).await else {
@@ -221,9 +237,14 @@ fn preflight(headers: &HeaderMap) -> Response {
     r
 }
 
-/// A GET: the answer body.
-async fn get(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> Bytes {
-    match session_token(headers, query) {
+/// A GET: the answer body, or a refused new session.
+async fn get(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: Option<&PeerAddr>,
+) -> Result<Bytes, Refusal> {
+    Ok(match session_token(headers, query) {
         Some(token) if token.node == node.pubsub.node_id() => match node.longpoll.find(&token) {
             Some(lp) => poll(node, &lp).await.body(),
             None => LpReply::status(410).body(),
@@ -232,18 +253,24 @@ async fn get(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> Byte
             forward::request(node, token, None, false).await
         }
         // No token, or a token that is not ours (e.g. the app's own `token` param): connect.
-        _ => connect(node, headers, query).body(),
-    }
+        _ => connect(node, headers, query, peer)?.body(),
+    })
 }
 
-fn connect(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> LpReply {
+fn connect(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: Option<&PeerAddr>,
+) -> Result<LpReply, Refusal> {
     if node.is_draining() {
         node.metrics
             .connect_refusals
             .with_label_values(&["draining"])
             .inc();
-        return LpReply::status(403);
+        return Ok(LpReply::status(403));
     }
+    node.admit(peer)?;
     let carried = headers
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok());
@@ -255,7 +282,7 @@ fn connect(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> LpRepl
                 .with_label_values(&[reason])
                 .inc();
             debug!(reason, "long-poll connect refused");
-            return LpReply::status(403);
+            return Ok(LpReply::status(403));
         }
     };
     let handle = node.registry.register(TransportKind::LongPoll);
@@ -284,11 +311,11 @@ fn connect(node: &Arc<Node>, headers: &HeaderMap, query: Option<&str>) -> LpRepl
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(lp.handle.key, lp);
-    LpReply {
+    Ok(LpReply {
         status: 410,
         token: Some(token),
         messages: Some(Vec::new()),
-    }
+    })
 }
 
 /// Answer a poll on this node's session: buffered frames at once, else wait up to the window.
@@ -351,23 +378,13 @@ async fn poll_inner(node: &Arc<Node>, lp: &Arc<LpSession>) -> LpReply {
             };
         }
         if let Some(close) = close {
-            end(node, lp, close_label(close)).await;
+            end(node, lp, close.code.label()).await;
             return LpReply::status(410);
         }
         tokio::select! {
             () = lp.handle.outbox.wait() => {}
             () = tokio::time::sleep_until(deadline) => return LpReply { status: 204, token, messages: Some(Vec::new()) },
         }
-    }
-}
-
-fn close_label(close: Close) -> &'static str {
-    match close.code {
-        CloseCode::GOING_AWAY => "forced",
-        CloseCode::RESTART => "drain",
-        CloseCode::SLOW_CONSUMER => "slow_consumer",
-        CloseCode::BAD_MESSAGE => "bad_message",
-        _ => "server",
     }
 }
 
@@ -502,7 +519,7 @@ pub async fn sweep(node: Arc<Node>) {
             .filter(|lp| lp.polls.load(Ordering::Acquire) == 0)
             .filter_map(|lp| {
                 if let Some(close) = lp.handle.outbox.close_requested() {
-                    Some((lp.clone(), close_label(close)))
+                    Some((lp.clone(), close.code.label()))
                 } else if now.saturating_sub(lp.last_poll.load(Ordering::Relaxed)) >= expiry {
                     Some((lp.clone(), "longpoll_expired"))
                 } else {

@@ -62,18 +62,7 @@ impl Ended {
         match self {
             Ended::ByClient => "client",
             Ended::Error => "io_error",
-            Ended::ByServer(c) => match c {
-                CloseCode::GOING_AWAY => "forced",
-                CloseCode::RESTART => "drain",
-                CloseCode::PROTOCOL_ERROR => "protocol_error",
-                CloseCode::INVALID_DATA => "invalid_utf8",
-                CloseCode::TOO_BIG => "too_big",
-                CloseCode::UNSUPPORTED_DATA => "unsupported_data",
-                CloseCode::IDLE_TIMEOUT => "idle_timeout",
-                CloseCode::SLOW_CONSUMER => "slow_consumer",
-                CloseCode::BAD_MESSAGE => "bad_message",
-                _ => "server",
-            },
+            Ended::ByServer(c) => c.label(),
         }
     }
 }

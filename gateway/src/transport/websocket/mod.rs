@@ -76,6 +76,11 @@ pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Respo
     if node.is_draining() {
         return refuse(&node, StatusCode::SERVICE_UNAVAILABLE, "draining");
     }
+    // Before the token check: refusing is cheap, verifying a signature is not.
+    if let Err(refusal) = node.admit(req.extensions().get()) {
+        debug!(reason = refusal.label(), "websocket connect refused");
+        return refusal.response();
+    }
     let (sub_token, offered_phoenix) = auth_token(req.headers());
     let (serializer, claims) = match authorize(
         &node,

@@ -1,0 +1,167 @@
+//! Admission and rate limits, each with its documented answer while other sessions carry on:
+//! the session cap (HTTP 503 + Retry-After on both transports), the per-IP connect rate (HTTP
+//! 429 + Retry-After, per source address), and the per-session message rate (error replies,
+//! then close 4029).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{eventually, http_full, metric_value, Client, Frame, TestNode, WAIT};
+use gateway::Config;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+const WS: &str = "/socket/websocket?vsn=2.0.0";
+const LP: &str = "/socket/longpoll?vsn=2.0.0";
+
+async fn metrics(node: &TestNode) -> String {
+    node.http("GET", "/metrics", &[], "").await.1
+}
+
+/// A WebSocket handshake from source address `from`: the HTTP status it gets.
+async fn upgrade_from(from: &str, to: SocketAddr) -> u16 {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    let req = format!(
+        "GET {WS} HTTP/1.1\r\nHost: {to}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed during the handshake");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A session that still joins and gets a broadcast.
+async fn assert_serves(node: &TestNode, witness: &mut Client, topic: &str) {
+    node.broadcast(topic, "new_msg", json!({"n": 1})).await;
+    let got = witness.recv_json().await;
+    assert_eq!(got[3], "new_msg", "{got}");
+}
+
+#[tokio::test]
+async fn the_session_cap_answers_503_with_retry_after_on_both_transports() {
+    let node = TestNode::start(Config {
+        max_sessions: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut witness = node.ws().await;
+    witness.join_ok("room:w").await;
+    let mut second = node.ws().await;
+    second.join_ok("room:w").await;
+
+    assert_eq!(
+        Client::connect_with(node.addr, WS, &[]).await.err(),
+        Some(503)
+    );
+    let (status, head, _) = http_full(node.addr, "GET", LP, &[], "").await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: *"),
+        "a browser page must be able to read the refusal: {head}"
+    );
+    let m = metrics(&node).await;
+    assert_eq!(
+        metric_value(&m, r#"gateway_connect_refusals_total{reason="full"}"#),
+        2.0
+    );
+    assert_serves(&node, &mut witness, "room:w").await;
+
+    // A freed slot is taken again.
+    second.close_politely(WAIT).await;
+    eventually(WAIT, "a new session after one left", || async {
+        Client::connect_with(node.addr, WS, &[]).await.is_ok()
+    })
+    .await;
+    assert_serves(&node, &mut witness, "room:w").await;
+}
+
+#[tokio::test]
+async fn the_per_ip_connect_rate_answers_429_per_source_address() {
+    let node = TestNode::start(Config {
+        connect_rate_per_ip: 1,
+        ..Config::default()
+    })
+    .await;
+    // 127.0.0.1 spends its one-connect burst on the witness.
+    let mut witness = node.ws().await;
+    witness.join_ok("room:w").await;
+    assert_eq!(upgrade_from("127.0.0.1", node.addr).await, 429);
+    let (status, head, _) = http_full(node.addr, "GET", LP, &[], "").await;
+    assert_eq!(status, 429, "long-poll connects count too: {head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    // Another source address has its own budget.
+    assert_eq!(upgrade_from("127.0.0.2", node.addr).await, 101);
+    let m = metrics(&node).await;
+    assert_eq!(
+        metric_value(&m, r#"gateway_connect_refusals_total{reason="ip_rate"}"#),
+        2.0
+    );
+    assert_serves(&node, &mut witness, "room:w").await;
+    // The bucket refills: the address may connect again.
+    eventually(Duration::from_secs(3), "the bucket to refill", || async {
+        upgrade_from("127.0.0.1", node.addr).await == 101
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_flood_gets_error_replies_then_close_4029() {
+    let node = TestNode::start(Config {
+        max_messages_per_sec: 10,
+        ..Config::default()
+    })
+    .await;
+    let mut witness = node.ws().await;
+    witness.join_ok("room:w").await;
+    let mut flood = node.ws().await;
+    // Forty heartbeats in one write: ten fit the burst, the rest are over the rate.
+    let mut burst = Vec::new();
+    for i in 0..40 {
+        let text = json!([null, i.to_string(), "phoenix", "heartbeat", {}]).to_string();
+        burst.extend(common::frame(0x81, text.as_bytes(), true));
+    }
+    flood.send_raw(&burst).await;
+    let (mut ok, mut limited) = (0, 0);
+    let code = loop {
+        match flood.recv().await {
+            Some(Frame::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match (&v[4]["status"], &v[4]["response"]["reason"]) {
+                    (s, _) if s == "ok" => ok += 1,
+                    (s, r) if s == "error" && r == "rate limited" => limited += 1,
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Some(Frame::Close(code)) => break code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4029));
+    assert!(ok >= 10, "the burst is served: {ok}");
+    assert!(limited >= 1, "over the rate gets error replies first");
+    // The session is counted as ended once the close handshake completes.
+    drop(flood);
+    eventually(WAIT, "the disconnect to be counted", || async {
+        let m = metrics(&node).await;
+        metric_value(&m, r#"gateway_disconnects_total{reason="rate_limited"}"#) == 1.0
+    })
+    .await;
+    let m = metrics(&node).await;
+    assert!(metric_value(&m, "gateway_rate_limited_messages_total") >= limited as f64);
+    assert_serves(&node, &mut witness, "room:w").await;
+}
