@@ -606,6 +606,12 @@ async fn redis_cut_off_by_a_black_hole_then_healed_never_leaves_a_node_deaf() {
         .filter(|(_, _, t)| *t > all_ready + Duration::from_millis(300))
         .map(|(n, _, _)| *n)
         .collect();
+    // Accepted by the API in the last 250 ms before the cut: possibly inside Redis or on the
+    // wire to a subscriber connection when the path went dark.
+    let in_flight = acks
+        .iter()
+        .filter(|(_, _, t)| *t <= cut && *t + Duration::from_millis(250) > cut)
+        .count();
     let mut report = Vec::new();
     for (name, r) in [("B", &rb), ("C", &rc)] {
         let got = r.seqs("seq");
@@ -620,13 +626,19 @@ async fn redis_cut_off_by_a_black_hole_then_healed_never_leaves_a_node_deaf() {
             missing(&got, published_after.iter().copied()).is_empty(),
             "{name} is deaf after the heal"
         );
+        // Every loss is counted as a failed publish, except messages Redis had accepted
+        // but not yet delivered when the cut came: they die with the subscriber connection,
+        // which only `gateway_pubsub_reconnects_total` shows.
+        let uncounted = (lost.len() as f64 - errors).max(0.0);
         assert!(
-            lost.len() as f64 <= errors,
-            "{name} lost {} messages but A counted {errors} publish errors",
+            uncounted <= in_flight as f64,
+            "{name} lost {} messages but A counted {errors} publish errors, and only \
+             {in_flight} were on their way when the cut came",
             lost.len()
         );
         report.push(format!(
-            "{name}: lost {} of {} (in order: {})",
+            "{name}: lost {} of {}, {uncounted} of them not counted as publish errors \
+             (in order: {})",
             lost.len(),
             last + 1,
             is_increasing(&got)
@@ -890,40 +902,50 @@ async fn a_node_drained_during_traffic_moves_its_clients_in_batches() {
 
 // ---------------------------------------------------------------- slow consumers
 
-/// Flood `topic` with `count` broadcasts of `pad` bytes from a WebSocket publisher, reading
-/// its own echoes and replies as it goes; returns the `n`s it received.
-async fn flood(addr: SocketAddr, topic: &str, count: u64, pad: usize) -> Vec<u64> {
-    let mut p = common::Client::connect(addr, WS_PATH).await;
-    p.join_ok(topic).await;
+/// POST `count` broadcasts `new_msg` `{"n": 0.., "pad": …}` of `pad` bytes to `topic` over one
+/// keep-alive HTTP connection, in order. The flood comes through the API, which has no
+/// per-session message rate limit, so only the subscribers' speed is under test.
+async fn api_flood(addr: SocketAddr, topic: &str, count: u64, pad: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let padding = "x".repeat(pad);
-    let mut got = Vec::new();
-    let mut replies = 0u64;
-    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
-        for n in batch {
-            let r = p.next_ref();
-            p.send_json(json!([null, r, topic, "new_msg", {"n": n, "pad": padding}]))
-                .await;
-        }
-        let want = batch[batch.len() - 1] + 1;
-        while replies < want {
-            let v = p.recv_json().await;
-            if v[3] == "phx_reply" {
-                replies += 1;
-            } else if let Some(n) = v[4]["n"].as_u64() {
-                got.push(n);
+    let mut buf = Vec::new();
+    for n in 0..count {
+        let body = json!({"topic": topic, "event": "new_msg", "payload": {"n": n, "pad": padding}})
+            .to_string();
+        let req = format!(
+            "POST /api/broadcast HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // One response: the head, then Content-Length bytes of body.
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                assert!(head.starts_with("http/1.1 202"), "{head}");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    buf.drain(..end + 4 + len);
+                    break;
+                }
             }
+            let mut chunk = [0u8; 4096];
+            let k = tokio::time::timeout(common::WAIT, s.read(&mut chunk))
+                .await
+                .expect("API answer")
+                .unwrap();
+            assert!(k > 0, "the API closed the connection");
+            buf.extend_from_slice(&chunk[..k]);
         }
     }
-    while got.last().is_none_or(|n| *n + 1 < count) {
-        if let Some(n) = p.recv_json().await[4]["n"].as_u64() {
-            got.push(n);
-        }
-    }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumers_are_closed_alone_and_memory_stays_bounded() {
+async fn slow_consumers_are_cut_off_alone_counted_and_memory_stays_bounded() {
     let _serial = SERIAL.lock().await;
     let outbox = 1 << 20;
     let node = node(None, &["--outbox-max-bytes", &outbox.to_string()]).await;
@@ -963,10 +985,9 @@ async fn slow_consumers_are_closed_alone_and_memory_stays_bounded() {
             }
         })
     };
-    let count = 6000u64;
-    let pad = 4000;
-    let echoed = flood(node.addr, topic, count, pad).await;
-    assert_eq!(echoed, (0..count).collect::<Vec<_>>());
+    let count = 1500u64;
+    let pad = 16000;
+    api_flood(node.addr, topic, count, pad).await;
     settle(
         &fast.iter().collect::<Vec<_>>(),
         "new_msg",
@@ -982,35 +1003,87 @@ async fn slow_consumers_are_closed_alone_and_memory_stays_bounded() {
         assert!(r.ends().is_empty());
         assert!(r.heartbeat().await);
     }
-    // Exactly the two stalled sessions were closed as slow consumers and counted (the
-    // publisher has left, the three fast clients stay).
-    eventually(Duration::from_secs(10), "slow consumers closed", || async {
-        node.sessions().await == 3.0
-    })
+    // Exactly the two stalled sessions were cut off as slow consumers, and counted.
+    eventually(
+        Duration::from_secs(10),
+        "slow consumers counted",
+        || async { node.metric("gateway_slow_consumer_disconnects_total").await == 2.0 },
+    )
     .await;
-    let m = node.metrics().await;
-    assert_eq!(
-        common::metric_value(&m, "gateway_slow_consumer_disconnects_total"),
-        2.0
-    );
-    assert_eq!(
-        common::metric_value(&m, "gateway_disconnects_total{reason=\"slow_consumer\"}"),
-        2.0
-    );
-    // Memory is bounded by the outbox limit, not by the flood (24 MB per stalled client).
-    let flood_bytes = count * pad as u64;
+    // Memory is bounded by the outbox limit, not by the flood.
+    // Unbounded, each stalled session would hold most of the flood (24 MB each).
     let growth = peak.saturating_sub(rss_before);
+    let bound = 2 * 4 * outbox as u64 + (4 << 20);
     assert!(
-        growth < flood_bytes,
-        "RSS grew by {growth} B during a flood of {flood_bytes} B per subscriber"
+        growth < bound,
+        "RSS grew by {growth} B during the flood, more than {bound} B"
     );
     node.assert_no_panic();
     eprintln!(
         "FAULT slow-consumer: {count} × {pad} B broadcasts; outbox limit {outbox} B; RSS before \
-         {rss_before} B, peak +{growth} B; 2 stalled sessions closed and counted, 3 fast \
-         clients got all {count}"
+         {rss_before} B, peak +{growth} B; 2 stalled sessions counted, 3 fast clients got all \
+         {count}"
     );
     drop(stalled);
+}
+
+/// A client that stops reading for good (its socket buffers full) but keeps sending
+/// heartbeats is disconnected once it overflowed, like any slow consumer: the session ends and
+/// the gauge drops. (Without heartbeats the idle timeout would end it; with them nothing else
+/// will.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_is_disconnected_after_overflowing() {
+    let _serial = SERIAL.lock().await;
+    let node = node(
+        None,
+        &[
+            "--outbox-max-bytes",
+            &(1 << 20).to_string(),
+            "--idle-timeout-secs",
+            "3",
+        ],
+    )
+    .await;
+    let topic = "room:stalled";
+    let fast = Recorder::start(node.addr, topic, vec![]).await;
+    let mut stalled = node.ws().await;
+    stalled.join_ok(topic).await;
+    let count = 1500u64;
+    api_flood(node.addr, topic, count, 16000).await;
+    eventually(
+        Duration::from_secs(10),
+        "the slow consumer counted",
+        || async { node.metric("gateway_slow_consumer_disconnects_total").await == 1.0 },
+    )
+    .await;
+    let counted = Instant::now();
+    let mut closed = false;
+    while counted.elapsed() < Duration::from_secs(10) {
+        // Write only: a heartbeat every 500 ms, never reading the answers.
+        stalled
+            .send_json(json!([null, "1", "phoenix", "heartbeat", {}]))
+            .await;
+        // The fast client keeps its session alive the normal way.
+        assert!(fast.heartbeat().await, "the fast client was dropped");
+        let m = node.metrics().await;
+        if common::metric_value(&m, "gateway_disconnects_total{reason=\"slow_consumer\"}") == 1.0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let m = node.metrics().await;
+    assert!(
+        closed,
+        "{:?} after it was counted as a slow consumer the stalled session is still open: \
+         gateway_sessions {}, gateway_disconnects_total{{reason=\"slow_consumer\"}} {}",
+        counted.elapsed(),
+        common::metric_value(&m, "gateway_sessions{transport=\"websocket\"}"),
+        common::metric_value(&m, "gateway_disconnects_total{reason=\"slow_consumer\"}"),
+    );
+    assert_eq!(node.sessions().await, 1.0);
+    assert!(fast.heartbeat().await);
+    node.assert_no_panic();
 }
 
 /// A slow client that catches up after being cut off reads a well-formed stream ending in
@@ -1022,8 +1095,8 @@ async fn a_slow_consumer_that_resumes_reading_sees_close_4002() {
     let topic = "room:slow";
     let mut slow = node.ws().await;
     slow.join_ok(topic).await;
-    let count = 6000u64;
-    let flooding = tokio::spawn(flood(node.addr, topic, count, 4000));
+    let count = 1500u64;
+    let flooding = tokio::spawn(api_flood(node.addr, topic, count, 16000));
     eventually(
         Duration::from_secs(30),
         "the slow consumer counted",
@@ -1050,7 +1123,7 @@ async fn a_slow_consumer_that_resumes_reading_sees_close_4002() {
             Err(()) => panic!("the slow consumer was neither closed nor sent anything"),
         }
     };
-    assert_eq!(flooding.await.unwrap(), (0..count).collect::<Vec<_>>());
+    flooding.await.unwrap();
     assert_eq!(
         end,
         End::Close(Some(4002)),
@@ -1110,6 +1183,8 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
     let redis = RedisServer::start().await;
     let [mut a, b, c] = cluster(&redis.url(), [&[], &[], &[]]).await;
     let (rss_b0, rss_c0) = (b.rss(), c.rss());
+    // Subscriptions every node holds without any session (the presence heartbeat topic).
+    let base_subs = b.metric("gateway_pubsub_subscribed_topics").await;
     let targets = [b.addr, c.addr];
 
     // Ramp: every session on A, at most 256 connecting at once.
@@ -1223,16 +1298,30 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
             || async { n.sessions().await == 0.0 },
         )
         .await;
-        eventually(
-            Duration::from_secs(10),
-            "topics gone after the storm",
-            || async {
+        let gone = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
                 let m = n.metrics().await;
-                common::metric_value(&m, "gateway_topics") == 0.0
-                    && common::metric_value(&m, "gateway_pubsub_subscribed_topics") == 0.0
-            },
-        )
+                if common::metric_value(&m, "gateway_topics") == 0.0
+                    && common::metric_value(&m, "gateway_pubsub_subscribed_topics") == base_subs
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
         .await;
+        if gone.is_err() {
+            let m = n.metrics().await;
+            panic!(
+                "topics left after every session is gone: gateway_topics {}, \
+                 gateway_pubsub_subscribed_topics {}, gateway_sessions {}, joins {}, leaves {}",
+                common::metric_value(&m, "gateway_topics"),
+                common::metric_value(&m, "gateway_pubsub_subscribed_topics"),
+                n.sessions().await,
+                common::metric_value(&m, "gateway_joins_total"),
+                common::metric_value(&m, "gateway_leaves_total"),
+            );
+        }
         n.assert_no_panic();
     }
     for t in 0..topics {

@@ -285,18 +285,21 @@ impl NetnsRedis {
         ]);
         ip(&["-n", &ns, "link", "set", &ns_if, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        let mac = |netns: Option<&str>, dev: &str| {
-            let mut cmd = Command::new("ip");
-            if let Some(n) = netns {
-                cmd.args(["netns", "exec", n]);
-            }
-            let out = cmd
-                .args(["cat", &format!("/sys/class/net/{dev}/address")])
+        // The MAC from `ip -o link show`: "... link/ether aa:bb:cc:dd:ee:ff brd ...".
+        let mac = |netns: &[&str], dev: &str| {
+            let out = Command::new("ip")
+                .args(netns)
+                .args(["-o", "link", "show", "dev", dev])
                 .output()
                 .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut words = text.split_whitespace();
+            words.find(|w| *w == "link/ether");
+            let mac = words.next().unwrap_or_default().to_string();
+            assert!(!mac.is_empty(), "no MAC for {dev}: {text}");
+            mac
         };
-        let (host_mac, ns_mac) = (mac(None, &host_if), mac(Some(&ns), &ns_if));
+        let (host_mac, ns_mac) = (mac(&[], &host_if), mac(&["-n", &ns], &ns_if));
         ip(&[
             "neigh",
             "replace",
