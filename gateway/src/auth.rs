@@ -108,6 +108,7 @@ impl Auth {
         }
         .ok_or(AuthError::Algorithm)?;
         let mut validation = Validation::new(header.alg);
+        validation.validate_nbf = true;
         validation.leeway = 5;
         validation.validate_aud = false;
         Ok(Some(decode::<Claims>(token, key, &validation)?.claims))

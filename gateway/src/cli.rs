@@ -22,7 +22,7 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Redis URL; makes this node a cluster member (absent = single node).
-    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Redis Cluster mode: sharded pub/sub; --redis-url lists seed nodes (comma-separated).
     #[arg(long, env = "GATEWAY_REDIS_CLUSTER")]

@@ -229,6 +229,14 @@ impl Config {
         if self.idle_timeout.is_zero() {
             return Err(ConfigError::Invalid("idle_timeout must be positive"));
         }
+        // An empty secret is almost always an unset variable (`${JWT_SECRET}` in a compose
+        // file); an empty HMAC key would let anyone sign tokens.
+        let empty = |v: &Option<String>| v.as_deref().is_some_and(str::is_empty);
+        if empty(&self.jwt_secret) || empty(&self.api_key) || empty(&self.longpoll_secret) {
+            return Err(ConfigError::Invalid(
+                "jwt_secret, api_key and longpoll_secret must not be empty when given",
+            ));
+        }
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use tracing::debug;
 pub use forward::handle_direct;
 pub use token::Token;
 
-use super::connect::authorize;
+use super::connect::{authorize, origin_allowed};
 use super::{Framing, Wire};
 use crate::admission::{PeerAddr, Refusal};
 use crate::node::Node;
@@ -182,6 +182,21 @@ fn session_token(headers: &HeaderMap, query: Option<&str>) -> Option<Token> {
 /// `/socket/longpoll`, every method.
 pub async fn endpoint(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // Every request, not only the open: like Phoenix, a page from a foreign origin gets nothing
+    // even if it holds a session token.
+    if parts.method != Method::OPTIONS {
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        if !origin_allowed(&node.config.check_origin, origin) {
+            node.metrics
+                .connect_refusals
+                .with_label_values(&["origin"])
+                .inc();
+            return respond(LpReply::status(403).body());
+        }
+    }
     match parts.method {
         Method::OPTIONS => preflight(&parts.headers),
         Method::GET => {
