@@ -176,13 +176,10 @@ impl Recorder {
                 let mut attempt = 0usize;
                 client = loop {
                     let target = reconnect_to[(conn + attempt) % reconnect_to.len()];
-                    match try_connect(target, WS_PATH, common::WAIT).await {
-                        Ok(mut c) => {
-                            if c.try_join(&topic, common::WAIT).await.is_ok() {
-                                break c;
-                            }
+                    if let Ok(mut c) = try_connect(target, WS_PATH, common::WAIT).await {
+                        if c.try_join(&topic, common::WAIT).await.is_ok() {
+                            break c;
                         }
-                        Err(_) => {}
                     }
                     let wait = [10, 50, 100, 150, 200, 250, 500, 1000][attempt.min(7)];
                     tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -298,9 +295,12 @@ impl Publisher {
     }
 }
 
-/// Samples `/readyz` of each node every 50 ms: (when, ready).
+/// One node's `/readyz` samples: (when, ready).
+type Samples = Vec<(Instant, bool)>;
+
+/// Samples `/readyz` of each node every 50 ms.
 struct ReadyLog {
-    samples: Arc<Mutex<Vec<Vec<(Instant, bool)>>>>,
+    samples: Arc<Mutex<Vec<Samples>>>,
     task: JoinHandle<()>,
 }
 
@@ -1213,12 +1213,7 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
             let mut client = client.expect("could not join on A");
             joined.add_permits(1);
             // Idle until A dies: the next read is EOF or a reset.
-            loop {
-                match client.recv_within(Duration::from_secs(3600)).await {
-                    Ok(Some(_)) => continue,
-                    _ => break,
-                }
-            }
+            while let Ok(Some(_)) = client.recv_within(Duration::from_secs(3600)).await {}
             let lost = Instant::now();
             t.lost = Some(lost);
             // phoenix.js: retry at once, then after 10, 50, 100, … ms, alternating nodes.
