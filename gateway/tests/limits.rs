@@ -165,3 +165,66 @@ async fn a_message_flood_gets_error_replies_then_close_4029() {
     assert!(metric_value(&m, "gateway_rate_limited_messages_total") >= limited as f64);
     assert_serves(&node, &mut witness, "room:w").await;
 }
+
+/// Open a long-poll session: its token.
+async fn lp_open(node: &TestNode) -> String {
+    let (status, body) = node.http("GET", LP, &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], 410, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_long_poll_line_over_the_message_limit_ends_that_session_only() {
+    let node = TestNode::start(Config {
+        max_message_size: 2048,
+        ..Config::default()
+    })
+    .await;
+    let mut witness = node.ws().await;
+    witness.join_ok("room:w").await;
+    let token = lp_open(&node).await;
+    let path = format!("{LP}&token={token}");
+    let ndjson = [("Content-Type", "application/x-ndjson")];
+    let big = json!(["1", "1", "room:w", "phx_join", {"pad": "x".repeat(4096)}]).to_string();
+    let small = json!(["2", "2", "room:w", "phx_join", {}]).to_string();
+    let (status, body) = node
+        .http("POST", &path, &ndjson, &format!("{small}\n{big}"))
+        .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":413}"#));
+    // The session is gone: its token opens nothing.
+    let (_, body) = node.http("GET", &path, &[], "").await;
+    assert_eq!(body, r#"{"status":410}"#);
+    let m = metrics(&node).await;
+    assert_eq!(
+        metric_value(&m, r#"gateway_disconnects_total{reason="too_big"}"#),
+        1.0
+    );
+    assert_serves(&node, &mut witness, "room:w").await;
+}
+
+#[tokio::test]
+async fn a_long_poll_body_trickled_in_times_out_with_408() {
+    let node = TestNode::start(Config::default()).await;
+    let token = lp_open(&node).await;
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "POST {LP}&token={token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 100\r\n\r\n[\"1\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes: the node answers on its own within the body timeout.
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut b = [0u8; 256];
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            out.extend_from_slice(&b[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}

@@ -35,6 +35,8 @@ use crate::session::{Close, CloseCode, OutItem, Session, SessionHandle, Transpor
 
 /// Most frames handled per POST (phoenix.js sends at most 100; extra lines are ignored).
 const MAX_LINES: usize = 100;
+/// Longest a client may take to send a POST body (headers have their own timeout).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A long-poll session on its owner node.
 pub struct LpSession {
@@ -217,9 +219,15 @@ pub async fn endpoint(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
         Method::POST => {
             let limit = node.config.max_message_size.saturating_mul(4).max(1 << 20);
-            let Ok(body) = axum::body::to_bytes(body, limit).await else {
-                return respond(LpReply::status(413).body());
-            };
+            // A body trickled in byte by byte must not hold the request open (slow-loris).
+            let body =
+                match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit))
+                    .await
+                {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(_)) => return respond(LpReply::status(413).body()),
+                    Err(_) => return StatusCode::REQUEST_TIMEOUT.into_response(),
+                };
             let ndjson = parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -432,6 +440,14 @@ pub(crate) async fn deliver(
     };
     let serializer = session.serializer();
     for line in body_lines(body, ndjson) {
+        if line.len() > node.config.max_message_size {
+            // As a WebSocket message over the limit (1009): the session ends.
+            drop(guard);
+            lp.handle
+                .close(Close::new(CloseCode::TOO_BIG, "message too big"));
+            end(node, lp, "too_big").await;
+            return 413;
+        }
         match decode_line(serializer, &line) {
             Ok(msg) => {
                 node.metrics
