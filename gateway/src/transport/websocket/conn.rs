@@ -330,7 +330,11 @@ impl Conn {
                     }
                     self.consume(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Done(None)),
+                // A close requested meanwhile (a slow consumer's overflow) must not wait for a
+                // client that may never read again: `close` bounds the rest in time.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Flushed::Done(self.session.outbox.close_requested()))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -379,8 +383,8 @@ impl Conn {
     /// wait briefly for the client's close before dropping the connection.
     async fn close<H: Handler>(&mut self, close: Close, handler: &mut H) {
         if close.code == CloseCode::SLOW_CONSUMER {
-            self.pending.clear();
-            self.offset = 0;
+            // Drop the backlog, but finish a half-written frame so the close frame can follow.
+            self.pending.truncate(usize::from(self.offset > 0));
         }
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while !self.pending.is_empty() {
