@@ -30,6 +30,12 @@ pub struct Cli {
     /// Redis subscriber connections that topics are hashed over.
     #[arg(long, env = "GATEWAY_REDIS_SUBSCRIBERS", default_value_t = 2)]
     pub redis_subscribers: usize,
+    /// Milliseconds Redis may take to accept a publish before it is dropped and counted.
+    #[arg(long, env = "GATEWAY_REDIS_PUBLISH_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_publish_timeout_ms: u64,
+    /// Milliseconds without hearing its own canary before the node reports not ready.
+    #[arg(long, env = "GATEWAY_REDIS_NOT_READY_AFTER_MS", default_value_t = 3000)]
+    pub redis_not_ready_after_ms: u64,
     /// Node id (default: random per boot).
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
@@ -154,6 +160,8 @@ impl Cli {
             redis_url: self.redis_url,
             redis_cluster: self.redis_cluster,
             redis_subscribers: self.redis_subscribers,
+            redis_publish_timeout: Duration::from_millis(self.redis_publish_timeout_ms),
+            redis_not_ready_after: Duration::from_millis(self.redis_not_ready_after_ms),
             api_key: self.api_key,
             jwt_secret: self.jwt_secret,
             jwt_public_key_pem,
@@ -180,5 +188,45 @@ impl Cli {
             ws_echo: self.ws_echo,
             channels,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_and_redis_timing_flags_reach_the_config() {
+        let cli = Cli::parse_from([
+            "gateway",
+            "--redis-url",
+            "redis://h:6379/",
+            "--redis-publish-timeout-ms",
+            "2500",
+            "--redis-not-ready-after-ms",
+            "9000",
+            "--max-sessions",
+            "7",
+            "--connect-rate-per-ip",
+            "3",
+            "--max-messages-per-sec",
+            "0",
+        ]);
+        let config = cli.into_config().unwrap();
+        let redis = config.redis("n1").unwrap();
+        assert_eq!(redis.publish_timeout, Duration::from_millis(2500));
+        assert_eq!(redis.not_ready_after, Duration::from_millis(9000));
+        assert_eq!(
+            (
+                config.max_sessions,
+                config.connect_rate_per_ip,
+                config.max_messages_per_sec
+            ),
+            (7, 3, 0)
+        );
+        // Without the flag the library default (no cap) stands; the binary derives one.
+        let config = Cli::parse_from(["gateway"]).into_config().unwrap();
+        assert_eq!(config.max_sessions, 0);
+        assert_eq!(config.max_messages_per_sec, 1000);
     }
 }

@@ -30,6 +30,10 @@ pub struct Config {
     pub redis_cluster: bool,
     /// Redis subscriber connections topics are hashed over (default 2).
     pub redis_subscribers: usize,
+    /// A publish Redis has not accepted within this is dropped and counted (fail fast).
+    pub redis_publish_timeout: Duration,
+    /// A subscriber connection whose canary is unheard this long makes the node not-ready.
+    pub redis_not_ready_after: Duration,
     /// Bearer key for `/api/*`; `None` = the API is open (a startup warning says so).
     pub api_key: Option<String>,
     /// HS256 secret; with it every connect needs a valid JWT. `None` = open mode.
@@ -93,6 +97,8 @@ impl Default for Config {
             redis_url: None,
             redis_cluster: false,
             redis_subscribers: 2,
+            redis_publish_timeout: Duration::from_secs(1),
+            redis_not_ready_after: Duration::from_secs(3),
             api_key: None,
             jwt_secret: None,
             jwt_public_key_pem: None,
@@ -191,6 +197,8 @@ impl Config {
             cluster: self.redis_cluster,
             node_id: Some(node_id.to_owned()),
             subscriber_connections: self.redis_subscribers,
+            publish_timeout: self.redis_publish_timeout,
+            not_ready_after: self.redis_not_ready_after,
             ..pubsub_redis::Config::default()
         })
     }
@@ -225,6 +233,11 @@ impl Config {
                     "broadcast events may not start with phx_ or presence_ (reserved)",
                 ));
             }
+        }
+        if self.redis_publish_timeout.is_zero() || self.redis_not_ready_after.is_zero() {
+            return Err(ConfigError::Invalid(
+                "redis_publish_timeout and redis_not_ready_after must be positive",
+            ));
         }
         if self.idle_timeout.is_zero() {
             return Err(ConfigError::Invalid("idle_timeout must be positive"));
