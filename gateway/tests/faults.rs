@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::redis::{NetnsRedis, RedisServer};
-use common::{eventually, try_broadcast, try_connect, Frame, GatewayProcess};
+use common::{eventually, try_broadcast, try_connect, try_connect_from, Frame, GatewayProcess};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -1018,8 +1018,8 @@ async fn a_client_that_never_reads_again_is_disconnected_after_overflowing() {
     let mut closed = false;
     while counted.elapsed() < Duration::from_secs(10) {
         // Write only: a heartbeat every 500 ms, never reading the answers.
-        stalled
-            .send_json(json!([null, "1", "phoenix", "heartbeat", {}]))
+        let _ = stalled
+            .try_send_json(json!([null, "1", "phoenix", "heartbeat", {}]))
             .await;
         // The fast client keeps its session alive the normal way.
         assert!(fast.heartbeat().await, "the fast client was dropped");
@@ -1042,6 +1042,11 @@ async fn a_client_that_never_reads_again_is_disconnected_after_overflowing() {
     assert_eq!(node.sessions().await, 1.0);
     assert!(fast.heartbeat().await);
     node.assert_no_panic();
+    eprintln!(
+        "FAULT stalled-reader: a client that never reads again but keeps writing heartbeats \
+         was disconnected within {:?} of being counted as a slow consumer",
+        counted.elapsed()
+    );
 }
 
 /// A slow client that catches up after being cut off reads a well-formed stream ending in
@@ -1128,6 +1133,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Source address of storm client `i`: with `sources` > 1, 127.0.0.2 … so per-IP limits see
+/// several clients; with 1, whatever the kernel picks.
+fn source(i: usize, sources: usize) -> Option<std::net::IpAddr> {
+    (sources > 1).then(|| std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % sources) as u8).into())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -1144,6 +1155,7 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
     // Subscriptions every node holds without any session (the presence heartbeat topic).
     let base_subs = b.metric("gateway_pubsub_subscribed_topics").await;
     let targets = [b.addr, c.addr];
+    let sources = env_usize("FAULTS_STORM_SOURCES", 1);
 
     // Ramp: every session on A, at most 256 connecting at once.
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
@@ -1153,13 +1165,16 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
     let ramp = Instant::now();
     for i in 0..sessions {
         let (gate, joined, mut stop) = (gate.clone(), joined.clone(), stop_rx.clone());
+        let src = source(i, sources);
         let (a_addr, topic) = (a.addr, format!("room:storm{}", i % topics));
         tasks.push(tokio::spawn(async move {
             let mut t = Rejoin::default();
             let permit = gate.acquire_owned().await.unwrap();
             let mut client = None;
             for _ in 0..20 {
-                if let Ok(mut cl) = try_connect(a_addr, WS_PATH, Duration::from_secs(10)).await {
+                if let Ok(mut cl) =
+                    try_connect_from(src, a_addr, WS_PATH, Duration::from_secs(10)).await
+                {
                     if cl.try_join(&topic, Duration::from_secs(10)).await.is_ok() {
                         client = Some(cl);
                         break;
@@ -1183,7 +1198,7 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
                 let target = targets[(i + attempt) % 2];
                 let t0 = Instant::now();
                 let limit = Duration::from_secs(10);
-                let result = match try_connect(target, WS_PATH, limit).await {
+                let result = match try_connect_from(src, target, WS_PATH, limit).await {
                     Ok(mut cl) => cl.try_join(&topic, limit).await.map(|()| cl),
                     Err(e) => Err(e),
                 };
@@ -1283,7 +1298,7 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
     let (rss_b3, rss_c3) = (b.rss(), c.rss());
     // A second wave of as many sessions straight onto B and C, then gone again: with no leak
     // it reuses what the first left behind, so RSS after it stays where the first left it.
-    wave(&targets, sessions, topics).await;
+    wave(&targets, sessions, topics, sources).await;
     for n in [&b, &c] {
         eventually(Duration::from_secs(20), "second wave gone", || async {
             n.sessions().await == 0.0
@@ -1336,7 +1351,8 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
          connect_p50_ms={:.1} connect_p99_ms={:.1} connect_max_ms={:.1} \
          rejoin_p50_ms={:.1} rejoin_p99_ms={:.1} failed_attempts={failures} kinds={kinds:?} \
          refusals={refusals} rss_b_mib=start:{:.1},loaded:{:.1},left:{:.1},after_wave2:{:.1} \
-         rss_c_mib=start:{:.1},loaded:{:.1},left:{:.1},after_wave2:{:.1} args={:?}",
+         rss_c_mib=start:{:.1},loaded:{:.1},left:{:.1},after_wave2:{:.1} sources={sources} \
+         args={:?}",
         ms(ramp),
         ms(all_rejoined),
         ms(seen_all),
@@ -1360,7 +1376,7 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
 
 /// `count` sessions joined over `targets` (round robin, 256 connecting at once), then all
 /// closed.
-async fn wave(targets: &[SocketAddr], count: usize, topics: usize) {
+async fn wave(targets: &[SocketAddr], count: usize, topics: usize, sources: usize) {
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let mut opened = Vec::new();
     for i in 0..count {
@@ -1371,9 +1387,10 @@ async fn wave(targets: &[SocketAddr], count: usize, topics: usize) {
         );
         opened.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.unwrap();
-            let mut c = try_connect(addr, WS_PATH, Duration::from_secs(10))
-                .await
-                .expect("second wave connect");
+            let mut c =
+                try_connect_from(source(i, sources), addr, WS_PATH, Duration::from_secs(10))
+                    .await
+                    .expect("second wave connect");
             c.try_join(&topic, Duration::from_secs(10))
                 .await
                 .expect("second wave join");

@@ -461,6 +461,13 @@ impl Client {
         }
     }
 
+    /// Send a JSON text frame; false if the connection is gone (a write to a peer that has
+    /// closed fails).
+    pub async fn try_send_json(&mut self, v: Value) -> bool {
+        let f = frame(0x81, v.to_string().as_bytes(), true);
+        self.stream.write_all(&f).await.is_ok()
+    }
+
     /// Send a close frame and wait (at most `limit`) for the server's close or EOF.
     pub async fn close_politely(mut self, limit: Duration) {
         let _ = self
@@ -482,8 +489,30 @@ impl Client {
 /// A WebSocket upgrade that returns an error instead of panicking: connect, handshake and
 /// status all within `limit`.
 pub async fn try_connect(addr: SocketAddr, path: &str, limit: Duration) -> Result<Client, String> {
+    try_connect_from(None, addr, path, limit).await
+}
+
+/// [`try_connect`] from source address `src` (e.g. 127.0.0.2, to look like another client
+/// address to per-IP limits); `None` lets the kernel choose.
+pub async fn try_connect_from(
+    src: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> Result<Client, String> {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(ip) = src {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind: {e}"))?;
+        }
+        let mut stream = socket
+            .connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
