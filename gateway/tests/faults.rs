@@ -1150,7 +1150,15 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
     let sessions = env_usize("FAULTS_STORM_SESSIONS", 2000);
     let topics = 10;
     let redis = RedisServer::start().await;
-    let [mut a, b, c] = cluster(&redis.url(), [&[], &[], &[]]).await;
+    // Admission limits for the nodes that take the storm (FAULTS_STORM_SURVIVOR_ARGS); A,
+    // which holds every session first, keeps its defaults.
+    let survivor_args: Vec<String> = std::env::var("FAULTS_STORM_SURVIVOR_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let survivor: Vec<&str> = survivor_args.iter().map(String::as_str).collect();
+    let [mut a, b, c] = cluster(&redis.url(), [&[], &survivor, &survivor]).await;
     let (rss_b0, rss_c0) = (b.rss(), c.rss());
     // Subscriptions every node holds without any session (the presence heartbeat topic).
     let base_subs = b.metric("gateway_pubsub_subscribed_topics").await;
@@ -1352,7 +1360,7 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
          rejoin_p50_ms={:.1} rejoin_p99_ms={:.1} failed_attempts={failures} kinds={kinds:?} \
          refusals={refusals} rss_b_mib=start:{:.1},loaded:{:.1},left:{:.1},after_wave2:{:.1} \
          rss_c_mib=start:{:.1},loaded:{:.1},left:{:.1},after_wave2:{:.1} sources={sources} \
-         args={:?}",
+         args={:?} survivor_args={survivor_args:?}",
         ms(ramp),
         ms(all_rejoined),
         ms(seen_all),
@@ -1374,8 +1382,8 @@ async fn reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing() 
     );
 }
 
-/// `count` sessions joined over `targets` (round robin, 256 connecting at once), then all
-/// closed.
+/// `count` sessions joined over `targets` (round robin, 256 connecting at once, retrying
+/// refusals), then all closed.
 async fn wave(targets: &[SocketAddr], count: usize, topics: usize, sources: usize) {
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let mut opened = Vec::new();
@@ -1387,14 +1395,20 @@ async fn wave(targets: &[SocketAddr], count: usize, topics: usize, sources: usiz
         );
         opened.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.unwrap();
-            let mut c =
-                try_connect_from(source(i, sources), addr, WS_PATH, Duration::from_secs(10))
-                    .await
-                    .expect("second wave connect");
-            c.try_join(&topic, Duration::from_secs(10))
-                .await
-                .expect("second wave join");
-            c
+            // Admission limits may refuse some attempts (429/503): retry like a client would.
+            let mut last = String::new();
+            for _ in 0..300 {
+                let limit = Duration::from_secs(10);
+                match try_connect_from(source(i, sources), addr, WS_PATH, limit).await {
+                    Ok(mut c) => match c.try_join(&topic, limit).await {
+                        Ok(()) => return c,
+                        Err(e) => last = e,
+                    },
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("second wave: session {i} never joined: {last}");
         }));
     }
     let mut clients = Vec::new();
