@@ -25,7 +25,8 @@ run() { # run NAME [ENV=VALUE ...] -- cargo test filter args
   env "${envs[@]}" cargo test -q --release -p gateway --test faults -- --nocapture --test-threads=1 "$@" \
     >"$OUT/$name.log" 2>&1
   local rc=$?
-  grep -E '^(FAULT|STORM)|^test .* (ok|FAILED)$' "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+  # (-q prints a dot per test on the same line as the test's own output)
+  grep -oE '(FAULT|STORM) .*|test result: .*' "$OUT/$name.log" | tee -a "$OUT/summary.txt"
   [ $rc -eq 0 ] || { echo "!! $name failed (rc $rc), see $OUT/$name.log"; FAILED=1; }
 }
 
