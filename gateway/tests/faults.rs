@@ -43,8 +43,13 @@ presence = false
 fn channels_file() -> String {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("gw-faults-{}.toml", std::process::id()));
-        std::fs::write(&p, CHANNELS).unwrap();
+        // One file for every run (same content), written by rename so runs in parallel never
+        // read half of it, and nothing piles up in the temp directory.
+        let dir = std::env::temp_dir();
+        let p = dir.join("gw-faults-channels.toml");
+        let tmp = dir.join(format!("gw-faults-channels.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, CHANNELS).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
         p.to_string_lossy().into_owned()
     })
     .clone()
