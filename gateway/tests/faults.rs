@@ -411,6 +411,8 @@ enum RedisFault {
     },
     /// The network path black-holed for this long, then healed.
     Cut { secs: u64 },
+    /// The server SIGKILLed, and restarted on the same port after this long.
+    Kill { secs: u64 },
 }
 
 /// Where Redis runs for [`redis_fault`].
@@ -427,8 +429,10 @@ enum AnyRedis {
 /// every node hears everything published once all are ready again (never deaf).
 async fn redis_fault(fault: RedisFault) {
     let _serial = SERIAL.lock().await;
-    let redis = match fault {
-        RedisFault::Pause { .. } => AnyRedis::Local(RedisServer::start().await),
+    let mut redis = match fault {
+        RedisFault::Pause { .. } | RedisFault::Kill { .. } => {
+            AnyRedis::Local(RedisServer::start().await)
+        }
         RedisFault::Cut { .. } => AnyRedis::Netns(NetnsRedis::start().await),
     };
     let url = match &redis {
@@ -459,7 +463,7 @@ async fn redis_fault(fault: RedisFault) {
     let started = Instant::now();
     let mut during = 0;
     let mut errors_during = 0.0;
-    let ended = match (fault, &redis) {
+    let ended = match (fault, &mut redis) {
         (RedisFault::Pause { mode, ms, .. }, AnyRedis::Local(r)) => {
             let ok = r.cmd(&["CLIENT", "PAUSE", &ms.to_string(), mode]).await;
             assert_eq!(ok.as_deref(), Some("OK"));
@@ -471,13 +475,16 @@ async fn redis_fault(fault: RedisFault) {
             tokio::time::sleep_until((started + Duration::from_millis(ms)).into()).await;
             started + Duration::from_millis(ms)
         }
-        (RedisFault::Cut { secs }, AnyRedis::Netns(r)) => {
-            r.cut();
+        (RedisFault::Cut { secs } | RedisFault::Kill { secs }, redis) => {
+            match redis {
+                AnyRedis::Netns(r) => r.cut(),
+                AnyRedis::Local(r) => r.kill(),
+            }
             // Not ready within the canary window (3 s threshold + 1 s canary period + slack).
             for i in 0..3 {
                 eventually(
                     Duration::from_secs(7),
-                    "node not ready during the cut",
+                    "node not ready during the outage",
                     || {
                         let down = ready.outage(i, started).0.is_some();
                         async move { down }
@@ -488,17 +495,19 @@ async fn redis_fault(fault: RedisFault) {
             for r in &all {
                 assert!(r.heartbeat().await, "a session stopped answering");
             }
-            // Held past twice the threshold, the deaf-connection watchdog tears the
-            // subscriber connections down while Redis is unreachable.
             tokio::time::sleep_until((started + Duration::from_secs(secs)).into()).await;
             during = publisher.sent() as u64 - n_before;
-            // Fail fast: by now the cut's publishes have failed and been counted; none waits.
+            // Fail fast: by now the outage's publishes have failed and been counted; none
+            // waits in a queue.
             errors_during = a.metric("gateway_pubsub_publish_errors_total").await;
             assert!(
                 errors_during >= during as f64 - 60.0,
-                "{during} publishes during the cut, only {errors_during} failed yet: they queue"
+                "{during} publishes during the outage, only {errors_during} failed: they queue"
             );
-            r.heal();
+            match redis {
+                AnyRedis::Netns(r) => r.heal(),
+                AnyRedis::Local(r) => r.restart().await,
+            }
             Instant::now()
         }
         _ => unreachable!(),
@@ -626,7 +635,7 @@ async fn redis_fault(fault: RedisFault) {
     }
     eprintln!(
         "FAULT redis {fault:?}: {per_node} clients per node; A published {}, {during} during \
-         the cut; publish errors on A {errors} ({errors_during} by the heal); lost per client \
+         the outage; publish errors on A {errors} ({errors_during} by its end); lost per client \
          on B/C at most {lost_max}, of them not counted as publish errors at most \
          {uncounted_max}, published after the fault while the receiver was not ready at most \
          {unready_max}; in order: {in_order}; B reconnects {reconnects}, resubscribes \
@@ -658,6 +667,14 @@ async fn redis_client_pause_write_blocks_publishes_which_are_counted() {
         expect_not_ready: false,
     })
     .await;
+}
+
+/// Redis SIGKILLed for a while, then restarted empty on the same port (connections refused
+/// meanwhile, so every publish fails at once; subscriptions must be made again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted_keeps_sessions_and_counts_loss() {
+    let secs = env_usize("FAULTS_KILL_SECS", 5) as u64;
+    redis_fault(RedisFault::Kill { secs }).await;
 }
 
 /// The cut is made with a network namespace and a veth pair (see `NetnsRedis`): the

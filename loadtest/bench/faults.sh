@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # §11: the long fault suite and the reconnect storm. Runs gateway/tests/faults.rs (the short
 # version runs in `cargo test --workspace`) in release with more clients and longer faults:
-#   * every fault test with FAULTS_CLIENTS clients per node, Redis paused FAULTS_PAUSE_MS and
-#     cut off (network namespace black hole) FAULTS_CUT_SECS;
+#   * every fault test with FAULTS_CLIENTS clients per node, Redis paused FAULTS_PAUSE_MS,
+#     cut off (network namespace black hole) FAULTS_CUT_SECS and killed FAULTS_KILL_SECS;
 #   * the reconnect storm: STORM sessions on node A, A SIGKILLed, every session reconnects to
 #     B or C (phoenix.js retry schedule); RUNS runs with the node defaults, then, when the
 #     binary has admission flags, RUNS runs with admission limits on B and C (clients spread
@@ -35,7 +35,7 @@ echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway pub
 cargo test -q --release -p gateway --test faults --no-run 2>&1 | tail -1
 
 # 1. Every fault, longer and with more clients (the storm has its own runs below).
-run long FAULTS_CLIENTS=50 FAULTS_PAUSE_MS=15000 FAULTS_CUT_SECS=30 -- --skip reconnect_storm
+run long FAULTS_CLIENTS=50 FAULTS_PAUSE_MS=15000 FAULTS_CUT_SECS=30 FAULTS_KILL_SECS=30 -- --skip reconnect_storm
 
 # 2. The storm with the nodes' defaults.
 for i in $(seq "$RUNS"); do
