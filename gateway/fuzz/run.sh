@@ -30,6 +30,7 @@ mkdir -p logs
 
 run_one() {
     local t=$1
+    rm -f "logs/$t.status"
     mkdir -p "corpus/$t" "seeds/$t"
     # -timeout: one input taking longer than 10 s is a hang, reported like a crash.
     if nice -n 19 cargo +nightly fuzz run -a "$t" "corpus/$t" "seeds/$t" -- \
