@@ -1,17 +1,19 @@
 //! The short fault suite (issue 9): real `gateway` processes over a real `redis-server`, with
-//! Redis paused (`CLIENT PAUSE`), Redis cut off (a network namespace whose link the test takes
-//! down: a black hole), a node SIGKILLed mid-broadcast, a node drained (SIGTERM) during
-//! traffic, slow consumers, and a reconnect storm after a node loss.
+//! Redis paused (`CLIENT PAUSE`), killed and restarted, and cut off (a network namespace whose
+//! link the test takes down: a black hole; needs root), a node SIGKILLed mid-broadcast, a node
+//! drained (SIGTERM) during traffic, slow consumers, and a reconnect storm after a node loss.
 //!
 //! Every test asserts what clients see (sessions kept, close codes, which sequence-numbered
 //! broadcasts arrived), what operators see (`/readyz`, the `/metrics` series the README's
 //! failure table names), that survivors are unaffected and that no node panicked. Loss is
-//! allowed only where cross-node pub/sub is at-most-once, and then it must be counted.
+//! allowed only where cross-node pub/sub is at-most-once, and then a metric must show it.
 //!
 //! The tests run one at a time (`SERIAL`): they measure timings on a 2-core machine. Sizes
-//! come from environment variables so `loadtest/bench/faults.sh` can run the long version
-//! (`FAULTS_STORM_SESSIONS`, `FAULTS_CLIENTS`, `FAULTS_GATEWAY_ARGS`); the defaults keep the
-//! whole file well under a minute.
+//! come from environment variables so `loadtest/bench/faults.sh` can run the long version:
+//! `FAULTS_CLIENTS` (clients per node), `FAULTS_PAUSE_MS`, `FAULTS_CUT_SECS`,
+//! `FAULTS_KILL_SECS`, `FAULTS_STORM_SESSIONS`, `FAULTS_STORM_SOURCES` (source addresses of the
+//! storm clients), `FAULTS_STORM_SURVIVOR_ARGS` (flags of the nodes taking the storm) and
+//! `FAULTS_GATEWAY_ARGS` (flags of every node). The defaults keep the file under a minute.
 
 mod common;
 
