@@ -228,3 +228,32 @@ async fn a_long_poll_body_trickled_in_times_out_with_408() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 }
+
+#[tokio::test]
+async fn request_headers_trickled_in_are_cut_off() {
+    let node = TestNode::start(Config::default()).await;
+    let mut witness = node.ws().await;
+    witness.join_ok("room:w").await;
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    // A WebSocket handshake whose headers never end (slow-loris).
+    s.write_all(format!("GET {WS} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(ended, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection was still open after 20 s"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "nothing but a timeout answer: {text}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "cut off by the header timeout, not at once"
+    );
+    assert_serves(&node, &mut witness, "room:w").await;
+}
