@@ -90,6 +90,11 @@ async fn main() -> std::process::ExitCode {
     if !cap_given {
         // A full fd table would leave clients hanging in the accept backlog; a cap answers 503.
         config.max_sessions = nofile.map_or(0, |n| n.saturating_sub(FD_RESERVE).max(1) as usize);
+        tracing::info!(
+            max_sessions = config.max_sessions,
+            open_files = ?nofile,
+            "session cap from the open-files limit"
+        );
     }
     let listener = match listen(addr) {
         Ok(l) => l,

@@ -257,3 +257,29 @@ async fn request_headers_trickled_in_are_cut_off() {
     );
     assert_serves(&node, &mut witness, "room:w").await;
 }
+
+#[tokio::test]
+async fn the_binary_caps_sessions_below_its_open_files_limit() {
+    // The binary raises its soft limit to the hard one, which it inherits from this process.
+    let hard = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
+    let Ok(hard) = hard.parse::<u64>() else {
+        panic!("this test needs a finite open-files limit, not {hard:?}");
+    };
+    let gw = common::LoggedGateway::start(&[], &[]).await;
+    let want = format!("max_sessions={}", hard - 256);
+    let out = gw.output();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("session cap from the open-files limit") && l.contains(&want)),
+        "{want} not logged:\n{out}"
+    );
+    // An explicit --max-sessions is taken as given (here: none).
+    let gw = common::LoggedGateway::start(&["--max-sessions", "0"], &[]).await;
+    assert!(!gw
+        .output()
+        .contains("session cap from the open-files limit"));
+}
