@@ -118,13 +118,10 @@ impl Admission {
     /// Take one token from `ip`'s bucket at time `now`.
     fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
         let ip = match ip {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
-            }
-            IpAddr::V6(v6) => IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            },
             v4 => v4,
         };
         let shard = &self.buckets[self.hasher.hash_one(ip) as usize % SHARDS];
@@ -203,12 +200,15 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_hosts_share_their_64() {
+    fn ipv6_hosts_share_their_64_and_mapped_ipv4_is_ipv4() {
         let a = Admission::new(0, 1);
         let t0 = Instant::now();
         assert_eq!(a.take("2001:db8::1".parse().unwrap(), t0), Ok(()));
         assert!(a.take("2001:db8::2".parse().unwrap(), t0).is_err());
         assert_eq!(a.take("2001:db8:0:1::1".parse().unwrap(), t0), Ok(()));
+        // A dual-stack listener sees IPv4 clients as mapped addresses: the same bucket.
+        assert_eq!(a.take("10.0.0.9".parse().unwrap(), t0), Ok(()));
+        assert!(a.take("::ffff:10.0.0.9".parse().unwrap(), t0).is_err());
     }
 
     #[test]
