@@ -551,76 +551,30 @@ pub async fn try_connect_from(
         .map_err(|_| "connect timed out".to_string())?
 }
 
-/// The `gateway` binary (`CARGO_BIN_EXE_gateway`) as a child process on `127.0.0.1:0`: its
-/// address is read from the `listening on` log line, and its stdout and stderr are kept so a
-/// test can assert it never panicked. SIGKILLed on drop.
+/// The `gateway` binary (`CARGO_BIN_EXE_gateway`) as a child process on `127.0.0.1:0` at
+/// `RUST_LOG=info` (a `LoggedGateway`, so its output is kept and a test can assert it never
+/// panicked), with the fault suite's controls. SIGKILLed on drop.
 pub struct GatewayProcess {
-    child: tokio::process::Child,
+    /// The process and its captured output.
+    process: LoggedGateway,
     pub addr: SocketAddr,
     pub pid: u32,
-    /// Every line the process wrote (stdout and stderr).
-    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl GatewayProcess {
     pub async fn start(args: &[&str]) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--port", "0", "--bind", "127.0.0.1"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the gateway binary");
-        let pid = child.id().expect("gateway pid");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = oneshot::channel::<SocketAddr>();
-        let mut tx = Some(tx);
-        let out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let keep = log.clone();
-        // Read both pipes to the end so the node never blocks on a full pipe.
-        tokio::spawn(async move {
-            let mut out = out;
-            while let Ok(Some(line)) = out.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("");
-                    if let (Some(tx), Ok(a)) = (tx.take(), addr.parse()) {
-                        let _ = tx.send(a);
-                    }
-                }
-                let mut l = keep.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let keep = log.clone();
-        tokio::spawn(async move {
-            let mut err = err;
-            while let Ok(Some(line)) = err.next_line().await {
-                let mut l = keep.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .expect("the gateway did not log `listening on http://ADDR` within 10 s")
-            .expect("gateway exited before listening");
+        let process = LoggedGateway::start(args, &[("RUST_LOG", "info"), ("NO_COLOR", "1")]).await;
+        let pid = process.child.id().expect("gateway pid");
         GatewayProcess {
-            child,
-            addr,
+            addr: process.addr,
             pid,
-            log,
+            process,
         }
     }
 
     /// Everything the process has written so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.output()
     }
 
     /// Panics (with the log) if the process wrote a Rust panic message.
@@ -635,7 +589,7 @@ impl GatewayProcess {
 
     /// SIGKILL, and reap.
     pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
+        let _ = self.process.child.kill().await;
     }
 
     /// SIGTERM (starts the drain).
@@ -650,7 +604,7 @@ impl GatewayProcess {
 
     /// Wait at most `limit` for the process to exit; its exit status.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        tokio::time::timeout(limit, self.child.wait())
+        tokio::time::timeout(limit, self.process.child.wait())
             .await
             .ok()
             .and_then(Result::ok)
