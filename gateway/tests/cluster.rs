@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{jwt, now, Client, TestNode};
+use common::{eventually, jwt, now, Client, TestNode};
 use gateway::channel::{ChannelSpec, JoinPolicy};
 use gateway::Config;
 use serde_json::json;
@@ -38,23 +38,6 @@ async fn client(node: &TestNode, sub: &str) -> Client {
     .await
 }
 
-/// Wait until `f` holds, checking every 20 ms, for at most `limit`.
-async fn until<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 async fn ready(node: &TestNode) -> bool {
     node.http("GET", "/readyz", &[], "").await.0 == 200
 }
@@ -74,7 +57,7 @@ async fn cluster(redis: &RedisServer) -> [TestNode; 3] {
         TestNode::start(config(redis)).await,
     ];
     for n in &nodes {
-        until(Duration::from_secs(10), "node ready", || ready(n)).await;
+        eventually(Duration::from_secs(10), "node ready", || ready(n)).await;
     }
     nodes
 }
@@ -188,7 +171,7 @@ async fn only_nodes_with_subscribers_receive_a_topic() {
     // When B's last subscriber leaves, B unsubscribes.
     cb.send_json(json!([null, "5", "room:interest", "phx_leave", {}]))
         .await;
-    until(Duration::from_secs(5), "B unsubscribes", || async {
+    eventually(Duration::from_secs(5), "B unsubscribes", || async {
         redis.numsub("gw:t:room:interest").await == 1
     })
     .await;
@@ -205,7 +188,7 @@ async fn redis_killed_and_restarted_nobody_is_dropped_and_delivery_resumes() {
 
     redis.kill();
     for n in [&a, &b, &c] {
-        until(
+        eventually(
             Duration::from_secs(10),
             "node not ready during the outage",
             || async { !ready(n).await },
@@ -217,7 +200,7 @@ async fn redis_killed_and_restarted_nobody_is_dropped_and_delivery_resumes() {
         a.broadcast("room:fault", "lost", json!({"i": i})).await;
         assert_eq!(ca.recv_json().await[3], "lost", "local delivery continues");
     }
-    until(Duration::from_secs(5), "lost publishes counted", || async {
+    eventually(Duration::from_secs(5), "lost publishes counted", || async {
         metric(&a, "gateway_pubsub_publish_errors_total").await >= 5.0
     })
     .await;
@@ -225,7 +208,7 @@ async fn redis_killed_and_restarted_nobody_is_dropped_and_delivery_resumes() {
     redis.restart().await;
     let back = Instant::now();
     for n in [&a, &b, &c] {
-        until(
+        eventually(
             Duration::from_secs(10),
             "node ready after Redis returns",
             || ready(n),
@@ -306,7 +289,7 @@ async fn redis_cluster_sharded_mode_delivers_and_survives_a_slot_master_restart(
     let a = TestNode::start(cfg(rc.urls())).await;
     let b = TestNode::start(cfg(rc.urls())).await;
     for n in [&a, &b] {
-        until(Duration::from_secs(20), "node ready", || ready(n)).await;
+        eventually(Duration::from_secs(20), "node ready", || ready(n)).await;
     }
     let mut ca = a.ws().await;
     let mut cb = b.ws().await;
