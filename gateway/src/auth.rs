@@ -7,7 +7,7 @@
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::channel::TopicPattern;
+use crate::protocol::TopicPattern;
 
 /// Claims of a verified token.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

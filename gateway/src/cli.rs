@@ -1,12 +1,23 @@
-//! Command-line flags and environment variables of the `gateway` binary → `Config`.
+//! Command-line flags and environment variables of the `gateway` binary → `Config`. Every
+//! default is read from `Config::default()`, so the library and the binary cannot disagree (a
+//! test checks that no flag given means exactly the default config).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::config::{Config, ConfigError, ConfigFile, LogFormat};
+
+/// The defaults every flag shows and falls back to.
+static D: LazyLock<Config> = LazyLock::new(Config::default);
+
+/// A duration default as the milliseconds its flag takes.
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 /// A horizontally clustered Phoenix Channels gateway node.
 #[derive(Debug, Parser)]
@@ -28,13 +39,13 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_REDIS_CLUSTER")]
     pub redis_cluster: bool,
     /// Redis subscriber connections that topics are hashed over.
-    #[arg(long, env = "GATEWAY_REDIS_SUBSCRIBERS", default_value_t = 2)]
+    #[arg(long, env = "GATEWAY_REDIS_SUBSCRIBERS", default_value_t = D.redis_subscribers)]
     pub redis_subscribers: usize,
     /// Milliseconds Redis may take to accept a publish before it is dropped and counted.
-    #[arg(long, env = "GATEWAY_REDIS_PUBLISH_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = "GATEWAY_REDIS_PUBLISH_TIMEOUT_MS", default_value_t = ms(D.redis_publish_timeout))]
     pub redis_publish_timeout_ms: u64,
     /// Milliseconds without hearing its own canary before the node reports not ready.
-    #[arg(long, env = "GATEWAY_REDIS_NOT_READY_AFTER_MS", default_value_t = 3000)]
+    #[arg(long, env = "GATEWAY_REDIS_NOT_READY_AFTER_MS", default_value_t = ms(D.redis_not_ready_after))]
     pub redis_not_ready_after_ms: u64,
     /// Node id (default: random per boot).
     #[arg(long, env = "GATEWAY_NODE_ID")]
@@ -59,10 +70,10 @@ pub struct Cli {
     )]
     pub check_origin: Vec<String>,
     /// Largest client message in bytes, also across fragments (close 1009 beyond).
-    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = D.max_message_size)]
     pub max_message_size: usize,
     /// Most channels per session.
-    #[arg(long, env = "GATEWAY_MAX_CHANNELS", default_value_t = 100)]
+    #[arg(long, env = "GATEWAY_MAX_CHANNELS", default_value_t = D.max_channels)]
     pub max_channels: usize,
     /// Most sessions on this node; more get HTTP 503 + Retry-After [default: the open-files
     /// limit minus 256; 0 = no cap].
@@ -70,35 +81,35 @@ pub struct Cli {
     pub max_sessions: Option<usize>,
     /// New sessions per second per source address (IPv6: per /64); more get HTTP 429 +
     /// Retry-After. 0 = off.
-    #[arg(long, env = "GATEWAY_CONNECT_RATE_PER_IP", default_value_t = 0)]
+    #[arg(long, env = "GATEWAY_CONNECT_RATE_PER_IP", default_value_t = D.connect_rate_per_ip)]
     pub connect_rate_per_ip: u32,
     /// Messages per second one session may send; more get an error reply, and a session that
     /// keeps on is closed with 4029. 0 = off.
-    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SEC", default_value_t = 1000)]
+    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SEC", default_value_t = D.max_messages_per_sec)]
     pub max_messages_per_sec: u32,
     /// Close a WebSocket after this many seconds without received data.
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = D.idle_timeout.as_secs())]
     pub idle_timeout_secs: u64,
     /// Most frames queued per session before it is closed as a slow consumer (4002).
-    #[arg(long, env = "GATEWAY_OUTBOX_MAX_FRAMES", default_value_t = 4096)]
+    #[arg(long, env = "GATEWAY_OUTBOX_MAX_FRAMES", default_value_t = D.outbox_max_frames)]
     pub outbox_max_frames: usize,
     /// Most bytes queued per session before it is closed as a slow consumer (4002).
-    #[arg(long, env = "GATEWAY_OUTBOX_MAX_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "GATEWAY_OUTBOX_MAX_BYTES", default_value_t = D.outbox_max_bytes)]
     pub outbox_max_bytes: usize,
     /// Sessions closed per drain batch on shutdown.
-    #[arg(long, env = "GATEWAY_DRAIN_BATCH_SIZE", default_value_t = 10_000)]
+    #[arg(long, env = "GATEWAY_DRAIN_BATCH_SIZE", default_value_t = D.drain_batch_size)]
     pub drain_batch_size: usize,
     /// Milliseconds between drain batches.
-    #[arg(long, env = "GATEWAY_DRAIN_INTERVAL_MS", default_value_t = 2_000)]
+    #[arg(long, env = "GATEWAY_DRAIN_INTERVAL_MS", default_value_t = ms(D.drain_interval))]
     pub drain_interval_ms: u64,
     /// Longest drain in milliseconds before the node exits anyway.
-    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = ms(D.shutdown_timeout))]
     pub shutdown_timeout_ms: u64,
     /// Milliseconds a long-poll GET is held open without messages.
-    #[arg(long, env = "GATEWAY_LONGPOLL_WINDOW_MS", default_value_t = 10_000)]
+    #[arg(long, env = "GATEWAY_LONGPOLL_WINDOW_MS", default_value_t = ms(D.longpoll_window))]
     pub longpoll_window_ms: u64,
     /// Milliseconds without a poll after which a long-poll session ends.
-    #[arg(long, env = "GATEWAY_LONGPOLL_EXPIRY_MS", default_value_t = 15_000)]
+    #[arg(long, env = "GATEWAY_LONGPOLL_EXPIRY_MS", default_value_t = ms(D.longpoll_expiry))]
     pub longpoll_expiry_ms: u64,
     /// Cluster-wide key for long-poll tokens (default: random per node; only the owner verifies).
     #[arg(long, env = "GATEWAY_LONGPOLL_SECRET", hide_env_values = true)]
@@ -107,13 +118,13 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_PHOENIX_JS")]
     pub phoenix_js: Option<PathBuf>,
     /// Milliseconds over which presence diffs to clients are batched per topic (0 = at once).
-    #[arg(long, env = "GATEWAY_PRESENCE_BATCH_MS", default_value_t = 20)]
+    #[arg(long, env = "GATEWAY_PRESENCE_BATCH_MS", default_value_t = ms(D.presence_batch))]
     pub presence_batch_ms: u64,
     /// Milliseconds between presence heartbeats of this node.
-    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_MS", default_value_t = 1_000)]
+    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_MS", default_value_t = ms(D.presence_heartbeat))]
     pub presence_heartbeat_ms: u64,
     /// Milliseconds of silence after which a node is down and its presences leave.
-    #[arg(long, env = "GATEWAY_PRESENCE_DOWN_AFTER_MS", default_value_t = 5_000)]
+    #[arg(long, env = "GATEWAY_PRESENCE_DOWN_AFTER_MS", default_value_t = ms(D.presence_down_after))]
     pub presence_down_after_ms: u64,
     /// Skip per-message metrics (bytes, frames, writes, deliveries, fan-out duration), to
     /// measure what they cost.
@@ -228,5 +239,13 @@ mod tests {
         let config = Cli::parse_from(["gateway"]).into_config().unwrap();
         assert_eq!(config.max_sessions, 0);
         assert_eq!(config.max_messages_per_sec, 1000);
+    }
+
+    #[test]
+    fn no_flag_means_the_library_defaults() {
+        let mut config = Cli::parse_from(["gateway"]).into_config().unwrap();
+        // The one setting the binary looks up on disk (a phoenix.js build nearby, if any).
+        config.phoenix_js = None;
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
     }
 }

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::node::Node;
+use crate::edge::Edge;
 
 /// Where the npm package keeps the browser build.
 const PACKAGE_FILE: &str = "node_modules/phoenix/priv/static/phoenix.min.js";
@@ -33,8 +33,8 @@ pub fn find_phoenix_js(configured: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 /// `GET /assets/phoenix.min.js`.
-pub async fn phoenix_js(State(node): State<Arc<Node>>) -> Response {
-    let Some(path) = &node.config.phoenix_js else {
+pub async fn phoenix_js(State(edge): State<Arc<Edge>>) -> Response {
+    let Some(path) = &edge.config.phoenix_js else {
         return StatusCode::NOT_FOUND.into_response();
     };
     match tokio::fs::read(path).await {

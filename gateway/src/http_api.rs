@@ -12,10 +12,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::cluster::Broadcast;
+use crate::edge::Edge;
 use crate::hub::DISCONNECT_EVENT;
-use crate::node::Node;
-use crate::protocol::Payload;
-use crate::pubsub::Broadcast;
+use crate::protocol::{is_reserved_event, Payload, MAX_TOPIC_LEN};
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -26,8 +26,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(node: &Node, headers: &HeaderMap) -> bool {
-    let Some(key) = &node.config.api_key else {
+fn authorized(edge: &Edge, headers: &HeaderMap) -> bool {
+    let Some(key) = &edge.config.api_key else {
         return true;
     };
     let given = headers
@@ -61,24 +61,21 @@ fn accepted() -> Response {
 }
 
 /// `POST /api/broadcast` `{"topic","event","payload"}`: broadcast to the topic on every node.
-pub async fn broadcast(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&node, &headers) {
+pub async fn broadcast(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&edge, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
     }
     let req: BroadcastRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
-    if crate::presence::tracker::is_tracker_event(&req.event) {
+    if is_reserved_event(&req.event) {
         return error(
             StatusCode::BAD_REQUEST,
-            "events named phx_presence_* are reserved",
+            "events starting with phx_ or presence_ are reserved",
         );
     }
-    if req.topic.is_empty()
-        || req.topic.len() > crate::session::MAX_TOPIC_LEN
-        || req.event.is_empty()
-    {
+    if req.topic.is_empty() || req.topic.len() > MAX_TOPIC_LEN || req.event.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
             "topic must be 1-255 bytes and event non-empty",
@@ -88,25 +85,20 @@ pub async fn broadcast(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
         Some(raw) => Payload::raw_json(raw.get().to_owned()),
         None => Payload::empty(),
     };
-    node.broadcast(
-        Arc::new(Broadcast {
-            topic: req.topic,
-            event: req.event,
-            payload,
-        }),
-        None,
-    );
+    edge.core
+        .hub
+        .broadcast(Broadcast::new(req.topic, req.event, payload), None);
     accepted()
 }
 
 /// `POST /api/disconnect` `{"id":"user_socket:42"}`: close every session with that id, on every
 /// node (close code 1001).
 pub async fn disconnect(
-    State(node): State<Arc<Node>>,
+    State(edge): State<Arc<Edge>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&node, &headers) {
+    if !authorized(&edge, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
     }
     let req: DisconnectRequest = match serde_json::from_slice(&body) {
@@ -116,12 +108,8 @@ pub async fn disconnect(
     if req.id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "id must not be empty");
     }
-    let msg = Broadcast {
-        topic: req.id,
-        event: DISCONNECT_EVENT.into(),
-        payload: Payload::empty(),
-    };
-    node.broadcast(Arc::new(msg), None);
+    let msg = Broadcast::new(req.id, DISCONNECT_EVENT, Payload::empty());
+    edge.core.hub.broadcast(msg, None);
     accepted()
 }
 
@@ -131,10 +119,10 @@ pub async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: 200 when the node hears the cluster and is not draining, else 503.
-pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
+pub async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
+    if edge.is_ready() {
         (StatusCode::OK, "ready").into_response()
-    } else if node.is_draining() {
+    } else if edge.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "pubsub not ready").into_response()
@@ -142,11 +130,11 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    node.pubsub.refresh_metrics();
+pub async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    edge.core.hub.pubsub().refresh_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(),
+        edge.metrics().render(),
     )
         .into_response()
 }

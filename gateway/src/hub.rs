@@ -1,4 +1,5 @@
-//! The Hub: this node's index of topic → subscribed sessions, and local fan-out.
+//! The Hub: this node's index of topic → subscribed sessions, local fan-out, and broadcasts to
+//! the cluster (local fan-out plus a publish through the PubSub adapter).
 //!
 //! Fan-out is the fastlane: a broadcast is encoded at most once per wire format present among
 //! the topic's subscribers, and the same `Bytes` is queued on every subscriber's outbox (each
@@ -11,11 +12,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
+use crate::cluster::{Broadcast, ClusterMessage};
 use crate::metrics::Metrics;
-use crate::protocol::Outgoing;
-use crate::pubsub::{Broadcast, SharedPubSub};
-use crate::session::{Close, CloseCode, OutItem, OutboxLimits, Pushed, SessionHandle};
-use crate::transport::Wire;
+use crate::outbox::{OutItem, OutboxLimits, Pushed};
+use crate::protocol::{Close, CloseCode, Outgoing, Wire};
+use crate::pubsub::SharedPubSub;
+use crate::registry::SessionHandle;
 
 /// Event that, broadcast on a session id topic, closes those sessions.
 pub const DISCONNECT_EVENT: &str = "disconnect";
@@ -97,6 +99,39 @@ impl Hub {
             pubsub,
             limits,
             metrics,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.pubsub.node_id()
+    }
+
+    /// The node's PubSub adapter (cluster traffic other than broadcasts: presence, long-poll).
+    pub fn pubsub(&self) -> &SharedPubSub {
+        &self.pubsub
+    }
+
+    /// Broadcast to a topic on every node; `exclude` skips one local session (broadcast_from).
+    pub fn broadcast(&self, msg: Arc<Broadcast>, exclude: Option<u64>) {
+        self.metrics.broadcasts.inc();
+        self.fanout(&msg, exclude);
+        self.pubsub
+            .publish(&msg.topic, ClusterMessage::Broadcast(msg.clone()));
+    }
+
+    /// Encode and queue a frame for one session.
+    pub fn send(&self, session: &SessionHandle, wire: Wire, out: Outgoing<'_>) {
+        match wire.frame(out) {
+            Some(frame) => self.queue(session, OutItem::Frame(frame)),
+            None => self.metrics.unencodable.inc(),
+        }
+    }
+
+    /// Queue an item for one session, counting a slow consumer it makes.
+    pub fn queue(&self, session: &SessionHandle, item: OutItem) {
+        if session.outbox.push(item, self.limits) == Pushed::Overflow {
+            self.metrics.slow_consumers.inc();
         }
     }
 

@@ -334,7 +334,6 @@ impl Metrics {
             "protocol_error",
             "invalid_utf8",
             "too_big",
-            "unsupported_data",
             "idle_timeout",
             "slow_consumer",
             "bad_message",
@@ -360,9 +359,18 @@ impl Metrics {
             "receive_queue_full",
             "own_echo",
             "undecodable",
+            "reserved_event",
+            "unknown_kind",
+            "misrouted",
+            "malformed",
         ] {
             self.pubsub_dropped.with_label_values(&[r]);
         }
+    }
+
+    /// Count a cross-node message dropped for `reason`.
+    pub fn dropped(&self, reason: &str) {
+        self.pubsub_dropped.with_label_values(&[reason]).inc();
     }
 
     /// Render the Prometheus text exposition.

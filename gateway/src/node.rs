@@ -1,126 +1,228 @@
-//! The Node: one gateway process's shared state (config, Hub, PubSub adapter, Registry, Router,
-//! Auth, Metrics) and the few operations every part uses: queue a frame for a session, and
-//! broadcast to a topic across the cluster.
+//! The Node: where a gateway process is assembled from its parts, and nothing else depends on
+//! it. It builds the PubSub adapter, the Hub, Presence and the session `Core`, then the `Edge`
+//! and the long-poll transport on top, routes what other nodes send (`deliver`), runs the
+//! background tasks (idle sweep, long-poll sweep, presence tracker), serves until shutdown and
+//! drains.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::auth::Auth;
-use crate::channel::Router;
-use crate::config::Config;
+use crate::channel::{Channel, ConfigChannel, Router};
+use crate::cluster::ClusterMessage;
+use crate::config::{ChannelSpec, Config};
+use crate::edge::Edge;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::Outgoing;
-use crate::pubsub::{Broadcast, Delivery, SharedPubSub};
-use crate::session::{OutItem, OutboxLimits, Pushed, Registry, SessionHandle};
-use crate::transport::Wire;
+use crate::outbox::OutboxLimits;
+use crate::presence::{Presence, PresenceSettings};
+use crate::protocol::{Close, CloseCode};
+use crate::pubsub::local::LocalBus;
+use crate::pubsub::redis::RedisAdapter;
+use crate::pubsub::{Inbox, SharedPubSub};
+use crate::registry::Registry;
+use crate::session::{Core, SessionLimits};
+use crate::transport::longpoll::{self, LongPoll};
+use crate::{server, shutdown, Error};
 
-/// Shared state of a node.
-pub struct Node {
+/// A node being assembled: config plus optional Rust channels and in-process bus.
+#[derive(Debug)]
+pub struct Gateway {
     /// Settings.
-    pub config: Config,
-    /// Topic index and local fan-out.
-    pub hub: Hub,
-    /// Cross-node adapter.
-    pub pubsub: SharedPubSub,
-    /// Every live session (drain, idle sweep).
-    pub registry: Registry,
-    /// Topic patterns → channels.
-    pub router: Router,
-    /// Token verification.
-    pub auth: Auth,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Session cap and per-IP connect rate, checked before a session exists.
-    pub admission: crate::admission::Admission,
-    /// Set when the drain starts: `/readyz` fails and new connections are refused.
-    pub draining: AtomicBool,
-    /// Outbox limits of channel sessions.
-    pub limits: OutboxLimits,
-    /// Presence replicas and the tracker's bookkeeping.
-    pub presence: crate::presence::Presence,
-    /// Long-poll sessions and forwarded requests.
-    pub longpoll: crate::transport::longpoll::LongPoll,
+    config: Config,
+    /// Rust channels added with `channel`.
+    router: Router,
+    /// An in-process bus shared with other nodes (tests), instead of Redis or a bus of its own.
+    bus: Option<LocalBus>,
 }
 
-impl std::fmt::Debug for Node {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("node_id", &self.pubsub.node_id())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Node {
-    /// Encode and queue a frame for one session.
-    pub fn send(&self, session: &SessionHandle, wire: Wire, out: Outgoing<'_>) {
-        match wire.frame(out) {
-            Some(frame) => self.queue(session, OutItem::Frame(frame)),
-            None => self.metrics.unencodable.inc(),
+impl Gateway {
+    /// A node with this config (channels from `config.channels`, or the demo channel).
+    pub fn new(config: Config) -> Self {
+        Gateway {
+            config,
+            router: Router::new(),
+            bus: None,
         }
     }
 
-    /// Queue an item for one session.
-    pub fn queue(&self, session: &SessionHandle, item: OutItem) {
-        if session.outbox.push(item, self.limits) == Pushed::Overflow {
-            self.metrics.slow_consumers.inc();
+    /// Route `pattern` to a Rust channel (in addition to / instead of config channels).
+    pub fn channel<F, C>(mut self, pattern: &str, factory: F) -> Self
+    where
+        F: Fn(&str) -> C + Send + Sync + 'static,
+        C: Channel,
+    {
+        self.router = self.router.channel(pattern, factory);
+        self
+    }
+
+    /// Attach to an in-process bus shared with other nodes (a cluster without Redis, for tests).
+    pub fn local_bus(mut self, bus: &LocalBus) -> Self {
+        self.bus = Some(bus.clone());
+        self
+    }
+
+    fn build_router(config: &Config, mut router: Router) -> Router {
+        let specs = if config.channels.is_empty() && router.is_empty() {
+            vec![ChannelSpec::demo()]
+        } else {
+            config.channels.clone()
+        };
+        for spec in specs {
+            let spec = Arc::new(spec);
+            let pattern = spec.pattern.clone();
+            router = router.channel(&pattern, move |_| ConfigChannel::new(spec.clone()));
         }
+        router
     }
 
-    /// Broadcast to a topic on every node; `exclude` skips one local session (broadcast_from).
-    pub fn broadcast(&self, msg: Arc<Broadcast>, exclude: Option<u64>) {
-        self.metrics.broadcasts.inc();
-        self.hub.fanout(&msg, exclude);
-        self.pubsub.broadcast(msg);
-    }
-
-    /// Whether the node should receive traffic (`/readyz`).
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.pubsub.is_ready()
-    }
-
-    /// Admit a new session from `peer` (session cap, per-IP rate), counting refusals.
-    pub fn admit(
-        &self,
-        peer: Option<&crate::admission::PeerAddr>,
-    ) -> Result<(), crate::admission::Refusal> {
-        let verdict = self
-            .admission
-            .admit(self.registry.len(), peer.map(|p| p.0.ip()));
-        if let Err(r) = verdict {
-            self.metrics
-                .connect_refusals
-                .with_label_values(&[r.label()])
-                .inc();
-        }
-        verdict
-    }
-
-    /// Whether the drain has started.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Consume the adapter's deliveries until it closes the queue.
-    pub async fn deliver(self: Arc<Self>, mut rx: mpsc::Receiver<Delivery>) {
-        while let Some(d) = rx.recv().await {
-            match d {
-                Delivery::Topic(msg) => {
-                    if !crate::presence::tracker::handle(&self, &msg) {
-                        self.hub.fanout(&msg, None);
-                    }
-                }
-                Delivery::Direct(msg) => {
-                    if !crate::presence::tracker::handle(&self, &msg)
-                        && !crate::transport::longpoll::handle_direct(&self, &msg)
-                    {
-                        debug!(event = %msg.event, "direct message with no handler");
-                    }
-                }
+    /// Serve on `listener` until `shutdown` completes, then drain and return.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Gateway {
+            config,
+            router,
+            bus,
+        } = self;
+        config.validate()?;
+        let auth = Auth::new(
+            config.jwt_secret.as_deref(),
+            config.jwt_public_key_pem.as_deref(),
+        )?;
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{:016x}", rand::random::<u64>()));
+        let mut metrics = Metrics::new();
+        metrics.per_message = config.message_metrics;
+        let metrics = Arc::new(metrics);
+        let (inbox, deliveries) = Inbox::new(metrics.clone());
+        let pubsub: SharedPubSub = match config.redis(&node_id) {
+            Some(redis) => {
+                let adapter = RedisAdapter::start(redis, metrics.clone(), inbox).await?;
+                info!(node_id = %node_id, "cluster member through Redis");
+                Arc::new(adapter)
             }
+            None => Arc::new(bus.unwrap_or_default().attach(node_id.clone(), inbox)),
+        };
+        if !auth.enabled() {
+            warn!("auth is OFF: anyone may connect and join public channels; set --jwt-secret (GATEWAY_JWT_SECRET) to require signed tokens");
         }
+        if config.api_key.is_none() {
+            warn!("the HTTP API is open: set --api-key (GATEWAY_API_KEY) to require a Bearer key on /api/*");
+        }
+        let outbox = OutboxLimits {
+            max_items: config.outbox_max_frames,
+            max_bytes: config.outbox_max_bytes,
+        };
+        let hub = Arc::new(Hub::new(pubsub, outbox, metrics.clone()));
+        let presence = Arc::new(Presence::new(
+            hub.clone(),
+            PresenceSettings {
+                batch: config.presence_batch,
+                heartbeat: config.presence_heartbeat,
+                down_after: config.presence_down_after,
+            },
+            metrics.clone(),
+        ));
+        let core = Arc::new(Core {
+            hub,
+            presence: presence.clone(),
+            router: Self::build_router(&config, router),
+            registry: Registry::default(),
+            metrics,
+            limits: SessionLimits {
+                max_message_size: config.max_message_size,
+                max_channels: config.max_channels,
+                max_messages_per_sec: config.max_messages_per_sec,
+            },
+        });
+        let edge = Arc::new(Edge {
+            core: core.clone(),
+            admission: Admission::new(config.max_sessions, config.connect_rate_per_ip),
+            draining: AtomicBool::new(false),
+            auth,
+            config,
+        });
+        let longpoll = Arc::new(LongPoll::new(edge.clone()));
+        // The node's background tasks end with this future, also when it is dropped midway.
+        let _tasks = [
+            AbortOnDrop(tokio::spawn(deliver(
+                deliveries,
+                core.clone(),
+                longpoll.clone(),
+            ))),
+            AbortOnDrop(tokio::spawn(idle_sweep(edge.clone()))),
+            AbortOnDrop(tokio::spawn(longpoll::sweep(longpoll.clone()))),
+            AbortOnDrop(tokio::spawn(presence.run())),
+        ];
+        let addr = listener.local_addr()?;
+        info!(node_id = %node_id, "listening on http://{addr}");
+        let stop = CancellationToken::new();
+        let mut accept = AbortOnDrop(tokio::spawn(server::accept_loop(
+            listener,
+            server::router(edge.clone(), longpoll),
+            stop.clone(),
+        )));
+        shutdown.await;
+        // Keep answering HTTP while draining: `/readyz` says 503 and new sessions are refused
+        // with 503 + Retry-After, so load balancers and clients move elsewhere.
+        shutdown::drain(&edge).await;
+        stop.cancel();
+        let _ = (&mut accept.0).await; // the listener is closed when run returns
+        Ok(())
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Route what other nodes send until the adapter closes the queue: broadcasts to the Hub's
+/// local fan-out, presence to the tracker, long-poll forwarding to the long-poll transport.
+async fn deliver(
+    mut deliveries: mpsc::Receiver<ClusterMessage>,
+    core: Arc<Core>,
+    longpoll: Arc<LongPoll>,
+) {
+    while let Some(msg) = deliveries.recv().await {
+        match msg {
+            ClusterMessage::Broadcast(b) => {
+                core.hub.fanout(&b, None);
+            }
+            ClusterMessage::Presence(p) => core.presence.handle(p),
+            ClusterMessage::LongPoll(l) => longpoll.handle(l),
+        }
+    }
+}
+
+/// Close sessions that sent nothing for `idle_timeout` (one task for all sessions).
+async fn idle_sweep(edge: Arc<Edge>) {
+    let idle = edge.config.idle_timeout;
+    let period = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let idle_secs = idle.as_secs().max(1) as u32;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        edge.core.registry.sweep_idle(
+            idle_secs,
+            Close::new(CloseCode::IDLE_TIMEOUT, "idle timeout"),
+        );
     }
 }

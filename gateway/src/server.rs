@@ -16,18 +16,21 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::admission::PeerAddr;
-use crate::node::Node;
-use crate::transport::{echo, longpoll, websocket};
+use crate::edge::Edge;
+use crate::transport::longpoll::{self, LongPoll};
+use crate::transport::{echo, websocket};
 use crate::{demo, http_api};
 
 /// Longest a client may take to send request headers (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route of a node.
-pub fn router(node: Arc<Node>) -> axum::Router {
+pub fn router(edge: Arc<Edge>, longpoll: Arc<LongPoll>) -> axum::Router {
+    let longpoll = axum::Router::new()
+        .route("/socket/longpoll", any(longpoll::endpoint))
+        .with_state(longpoll);
     axum::Router::new()
         .route("/socket/websocket", get(websocket::handshake))
-        .route("/socket/longpoll", any(longpoll::endpoint))
         .route("/ws-echo", get(echo::handshake))
         .route("/api/broadcast", post(http_api::broadcast))
         .route("/api/disconnect", post(http_api::disconnect))
@@ -36,7 +39,8 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         .route("/metrics", get(http_api::metrics))
         .route("/", get(demo::page))
         .route("/assets/phoenix.min.js", get(demo::phoenix_js))
-        .with_state(node)
+        .with_state(edge)
+        .merge(longpoll)
 }
 
 /// Accept connections until `stop` is cancelled.

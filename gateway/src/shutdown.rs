@@ -9,40 +9,41 @@ use std::sync::Arc;
 use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{info, warn};
 
-use crate::node::Node;
-use crate::session::{Close, CloseCode};
+use crate::edge::Edge;
+use crate::protocol::{Close, CloseCode};
 
-/// Drain every session of `node`.
-pub async fn drain(node: &Arc<Node>) {
-    node.draining.store(true, Ordering::Relaxed);
-    node.metrics.draining.set(1);
-    let cfg = &node.config;
+/// Drain every session of the node `edge` belongs to.
+pub async fn drain(edge: &Arc<Edge>) {
+    edge.draining.store(true, Ordering::Relaxed);
+    edge.metrics().draining.set(1);
+    let cfg = &edge.config;
+    let registry = &edge.core.registry;
     let deadline = Instant::now() + cfg.shutdown_timeout;
     info!(
-        sessions = node.registry.len(),
+        sessions = registry.len(),
         batch = cfg.drain_batch_size,
         interval_ms = cfg.drain_interval.as_millis() as u64,
         "draining"
     );
     let paced = async {
         loop {
-            let batch = node.registry.pick_open(cfg.drain_batch_size);
+            let batch = registry.pick_open(cfg.drain_batch_size);
             if batch.is_empty() {
                 break;
             }
             for session in &batch {
                 session.close(Close::new(CloseCode::RESTART, "node restarting"));
             }
-            if node.registry.pick_open(1).is_empty() {
+            if registry.pick_open(1).is_empty() {
                 break;
             }
             sleep(cfg.drain_interval).await;
         }
-        node.registry.wait_empty().await;
+        registry.wait_empty().await;
     };
     if timeout_at(deadline, paced).await.is_err() {
         warn!(
-            left = node.registry.len(),
+            left = registry.len(),
             "shutdown timeout reached with sessions still open"
         );
     } else {

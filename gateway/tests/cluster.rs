@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
 use common::{eventually, jwt, now, Client, TestNode};
-use gateway::channel::{ChannelSpec, JoinPolicy};
+use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::Config;
 use serde_json::json;
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{jwt, now, Client, TestNode};
-use gateway::channel::{ChannelSpec, JoinPolicy};
+use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::pubsub::local::LocalBus;
 use gateway::{Config, Gateway};
 use serde_json::json;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::{Client, Frame, TestNode};
-use gateway::channel::{ChannelSpec, JoinPolicy};
+use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::{
     Channel, ChannelContext, ChannelError, Config, Gateway, Join, Payload, Reply, Terminate,
 };

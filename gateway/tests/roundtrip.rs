@@ -6,12 +6,12 @@
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
+use gateway::protocol::websocket::{encode_frame, parse_frame, OpCode};
 use gateway::protocol::{
     decode_binary_push, decode_v1, decode_v2, encode_binary, encode_v1, encode_v2, Message,
     Outgoing, Payload, ProtocolError, Serializer,
 };
 use gateway::transport::longpoll::{body_lines, decode_line, LpReply, Token};
-use gateway::transport::websocket::codec::{encode_frame, parse_frame, OpCode};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -204,11 +204,12 @@ proptest! {
         prop_assert_eq!(&m, &Message {
             join_ref: jr, msg_ref: r, topic, event, payload: Payload::Binary(Bytes::from(payload)),
         });
-        prop_assert_eq!(Serializer::V2.decode_binary(frame.clone()).unwrap(), m);
-        prop_assert_eq!(
-            Serializer::V1.decode_binary(frame).unwrap_err(),
-            ProtocolError::BinaryUnsupported
-        );
+        prop_assert_eq!(Serializer::V2.decode(true, frame.clone()).unwrap(), m);
+        // V1 reads JSON whatever the frame's opcode: a V2 binary push is not JSON.
+        prop_assert!(matches!(
+            Serializer::V1.decode(true, frame),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -327,10 +328,12 @@ proptest! {
         token in prop::option::of(any::<String>()),
         messages in prop::option::of(prop::collection::vec(any::<String>(), 0..8)),
     ) {
+        // Entries are long-poll framed: each frame's text as a JSON string literal.
+        let entry = |m: &String| Bytes::from(serde_json::to_vec(m).unwrap());
         let reply = LpReply {
             status,
             token: token.clone(),
-            messages: messages.clone().map(|m| m.into_iter().map(Bytes::from).collect()),
+            messages: messages.as_ref().map(|m| m.iter().map(entry).collect()),
         };
         let body: Value = serde_json::from_slice(&reply.body()).unwrap();
         prop_assert_eq!(&body["status"], &Value::from(status));

@@ -1,6 +1,7 @@
 //! Turns one message read from Redis into an [`Incoming`] for the gateway, a canary for the
-//! health tracker, or a counted drop. Runs on the Redis reader, so it never waits: the queue to
-//! the gateway is bounded and a full queue drops the message (counted in `dropped_full`).
+//! health tracker, or a counted drop. Runs on the Redis reader, so it never waits: it hands each
+//! message to the gateway's [`Sink`], which must not wait either — a sink that cannot take a
+//! message refuses it, and the refusal is counted in `dropped_full`.
 
 use std::sync::Arc;
 
@@ -40,6 +41,38 @@ impl Incoming {
     }
 }
 
+/// Where the adapter hands what it reads. Called on the Redis reader task: it must return at
+/// once (typically a `try_send` into one bounded queue).
+pub trait Sink: std::fmt::Debug + Send + Sync + 'static {
+    /// Take one message. `Accepted::Full` when it cannot (counted as dropped); `Closed` when
+    /// the gateway is shutting down (not counted).
+    fn deliver(&self, msg: Incoming) -> Accepted;
+}
+
+/// What a [`Sink`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Taken.
+    Yes,
+    /// Refused: the gateway's queue is full (counted in `dropped_full`).
+    Full,
+    /// Refused: the gateway is gone.
+    Closed,
+    /// Refused by the gateway for a reason of its own, which it counts itself.
+    Rejected,
+}
+
+/// The default sink: a bounded queue, as [`crate::RedisPubSub::start`] returns it.
+impl Sink for mpsc::Sender<Incoming> {
+    fn deliver(&self, msg: Incoming) -> Accepted {
+        match self.try_send(msg) {
+            Ok(()) => Accepted::Yes,
+            Err(mpsc::error::TrySendError::Full(_)) => Accepted::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Accepted::Closed,
+        }
+    }
+}
+
 /// Routes messages from every subscriber connection.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
@@ -47,8 +80,8 @@ pub(crate) struct Dispatcher {
     pub names: ChannelNames,
     /// This node's id, for echo suppression.
     pub node_id: String,
-    /// The bounded queue to the gateway.
-    pub tx: mpsc::Sender<Incoming>,
+    /// Where messages for the gateway go.
+    pub sink: Arc<dyn Sink>,
     /// Counters shared with the handle.
     pub counters: Arc<Counters>,
     /// Where canaries go.
@@ -91,7 +124,9 @@ impl Dispatcher {
             Err(err) => {
                 match &err {
                     DecodeError::Version { .. } => tracing::warn!(channel, %err, "dropped"),
-                    DecodeError::Malformed(_) => tracing::debug!(channel, %err, "dropped"),
+                    DecodeError::Malformed(_) | DecodeError::NoKind => {
+                        tracing::debug!(channel, %err, "dropped")
+                    }
                 }
                 Counters::bump(&self.counters.decode_errors);
                 None
@@ -100,11 +135,11 @@ impl Dispatcher {
     }
 
     fn deliver(&self, msg: Incoming) {
-        match self.tx.try_send(msg) {
-            Ok(()) => Counters::bump(&self.counters.received),
-            Err(mpsc::error::TrySendError::Full(_)) => Counters::bump(&self.counters.dropped_full),
-            // The gateway dropped its receiver: it is shutting down, nothing to count.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        match self.sink.deliver(msg) {
+            Accepted::Yes => Counters::bump(&self.counters.received),
+            Accepted::Full => Counters::bump(&self.counters.dropped_full),
+            // Shutting down, or counted by the gateway: nothing to count here.
+            Accepted::Closed | Accepted::Rejected => {}
         }
     }
 }
@@ -119,7 +154,7 @@ mod tests {
         let d = Dispatcher {
             names: ChannelNames::new("gw", "me", false),
             node_id: "me".into(),
-            tx,
+            sink: Arc::new(tx),
             counters: Arc::new(Counters::default()),
             health: Arc::new(HealthTracker::new(1, Duration::from_secs(3))),
         };

@@ -4,14 +4,22 @@
 //! array) so that a backend in any language can build one with an ordinary MessagePack library
 //! and `PUBLISH` it straight into Redis (see the crate README). The payload travels as msgpack
 //! `bin` (already-encoded JSON text, or raw binary when `binary` is true): receiving nodes frame
-//! it without parsing it. Decoding rejects any version other than [`VERSION`] with
-//! [`DecodeError::Version`]; the dispatcher counts such messages instead of panicking.
+//! it without parsing it.
+//!
+//! Two versions: [`VERSION`] (1) is a broadcast to a topic's subscribers, the format backends
+//! may publish; [`VERSION_KIND`] (2) adds a `kind` naming a message of the nodes' own (presence
+//! replication, long-poll forwarding), which only nodes write. A version 1 envelope never has a
+//! kind, whatever fields it carries, so nothing a backend publishes in the documented format can
+//! pose as cluster traffic. Decoding rejects other versions with [`DecodeError::Version`]; the
+//! dispatcher counts such messages instead of panicking.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// The only envelope version this build reads and writes.
+/// Version of a broadcast envelope (the documented format).
 pub const VERSION: u8 = 1;
+/// Version of an envelope carrying a `kind` of the nodes' own.
+pub const VERSION_KIND: u8 = 2;
 
 /// One message between nodes (or from a backend to the nodes).
 ///
@@ -19,12 +27,15 @@ pub const VERSION: u8 = 1;
 /// [`VERSION`] for anything a v1 reader would misread.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Wire version; always [`VERSION`] when built by this crate.
+    /// Wire version: [`VERSION`] for a broadcast, [`VERSION_KIND`] for a message of `kind`.
     pub v: u8,
     /// Publisher node id; `""` for an external backend. Nodes drop topic messages whose origin
     /// is their own id (their local subscribers already got it from the local fan-out).
     #[serde(default)]
     pub origin: String,
+    /// What a version 2 message is (the gateway defines the names); always empty in version 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
     /// The topic, e.g. `room:42`. Must equal the topic of the Redis channel it travels on.
     pub topic: String,
     /// The event name, e.g. `new_msg`.
@@ -42,11 +53,14 @@ pub struct Envelope {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// A well-formed envelope of a version this build does not speak.
-    #[error("unsupported envelope version {found} (this node reads version {VERSION})")]
+    #[error("unsupported envelope version {found} (this node reads versions {VERSION} and {VERSION_KIND})")]
     Version {
         /// The version field found in the message.
         found: u8,
     },
+    /// A version 2 envelope without a kind.
+    #[error("version {VERSION_KIND} envelope without a kind")]
+    NoKind,
     /// Not a MessagePack map with the envelope's fields.
     #[error("malformed envelope: {0}")]
     Malformed(#[from] rmp_serde::decode::Error),
@@ -58,7 +72,7 @@ pub enum DecodeError {
 pub struct EncodeError(#[from] rmp_serde::encode::Error);
 
 impl Envelope {
-    /// Builds a current-version envelope.
+    /// Builds a broadcast envelope (version 1).
     pub fn new(
         origin: impl Into<String>,
         topic: impl Into<String>,
@@ -69,10 +83,25 @@ impl Envelope {
         Envelope {
             v: VERSION,
             origin: origin.into(),
+            kind: String::new(),
             topic: topic.into(),
             event: event.into(),
             payload: payload.into(),
             binary,
+        }
+    }
+
+    /// Builds a version 2 envelope of `kind` (a message of the nodes' own).
+    pub fn of_kind(
+        origin: impl Into<String>,
+        kind: impl Into<String>,
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        Envelope {
+            v: VERSION_KIND,
+            kind: kind.into(),
+            ..Envelope::new(origin, topic, "", payload, false)
         }
     }
 
@@ -82,10 +111,16 @@ impl Envelope {
     }
 
     /// Decodes and checks the version. Unknown extra fields are ignored (forward compatible
-    /// additions within a version); `origin` and `binary` default to `""` and `false`.
+    /// additions within a version); `origin` and `binary` default to `""` and `false`. A
+    /// version 1 envelope's `kind` is cleared; a version 2 one without a kind is malformed.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         match rmp_serde::from_slice::<Envelope>(bytes) {
-            Ok(env) if env.v == VERSION => Ok(env),
+            Ok(mut env) if env.v == VERSION => {
+                env.kind.clear();
+                Ok(env)
+            }
+            Ok(env) if env.v == VERSION_KIND && !env.kind.is_empty() => Ok(env),
+            Ok(env) if env.v == VERSION_KIND => Err(DecodeError::NoKind),
             Ok(env) => Err(DecodeError::Version { found: env.v }),
             Err(err) => {
                 // A future version may change fields so that the full decode fails; report the
@@ -95,7 +130,9 @@ impl Envelope {
                     v: u8,
                 }
                 match rmp_serde::from_slice::<Probe>(bytes) {
-                    Ok(probe) if probe.v != VERSION => Err(DecodeError::Version { found: probe.v }),
+                    Ok(probe) if probe.v != VERSION && probe.v != VERSION_KIND => {
+                        Err(DecodeError::Version { found: probe.v })
+                    }
                     _ => Err(DecodeError::Malformed(err)),
                 }
             }
@@ -186,12 +223,31 @@ mod tests {
     }
 
     #[test]
+    fn kinds_travel_in_version_2_only() {
+        let env = Envelope::of_kind("node-a", "presence_hb", "hb", &b"{}"[..]);
+        let decoded = Envelope::decode(&env.encode().unwrap()).unwrap();
+        assert_eq!((decoded.v, decoded.kind.as_str()), (2, "presence_hb"));
+        // A version 1 envelope that names a kind is still a plain broadcast.
+        let mut forged = sample();
+        forged.kind = "presence_hb".into();
+        let decoded = Envelope::decode(&rmp_serde::to_vec_named(&forged).unwrap()).unwrap();
+        assert_eq!((decoded.v, decoded.kind.as_str()), (1, ""));
+        // A version 2 envelope must name its kind.
+        let mut bare = sample();
+        bare.v = 2;
+        assert!(matches!(
+            Envelope::decode(&rmp_serde::to_vec_named(&bare).unwrap()),
+            Err(DecodeError::NoKind)
+        ));
+    }
+
+    #[test]
     fn version_mismatch_is_rejected() {
         let mut env = sample();
-        env.v = 2;
+        env.v = 9;
         let bytes = rmp_serde::to_vec_named(&env).unwrap();
         match Envelope::decode(&bytes) {
-            Err(DecodeError::Version { found: 2 }) => {}
+            Err(DecodeError::Version { found: 9 }) => {}
             other => panic!("expected version error, got {other:?}"),
         }
     }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::AbortOnDrop;
 use crate::channels::ChannelNames;
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Incoming};
+use crate::dispatch::{Dispatcher, Incoming, Sink};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::health::{Health, HealthTracker};
@@ -49,12 +49,20 @@ struct Inner {
 
 impl RedisPubSub {
     /// Validates `config`, starts the connections in the background and returns the handle
-    /// with the bounded queue of messages for this node.
+    /// with the bounded queue of messages for this node (capacity `incoming_capacity`; a full
+    /// queue drops and counts).
     ///
     /// Does not wait for Redis: if Redis is down the node starts not-ready and connects when
     /// it can. If Redis is reachable (standalone), fails with [`Error::DuplicateNodeId`] when
     /// another live node already listens on this node id's direct channel.
     pub async fn start(config: Config) -> Result<(Self, mpsc::Receiver<Incoming>), Error> {
+        let (tx, rx) = mpsc::channel(config.incoming_capacity);
+        Ok((Self::start_with(config, Arc::new(tx)).await?, rx))
+    }
+
+    /// [`RedisPubSub::start`], handing every message for this node to `sink` instead of a queue
+    /// (on the Redis reader task: the sink must not wait).
+    pub async fn start_with(config: Config, sink: Arc<dyn Sink>) -> Result<Self, Error> {
         config.validate()?;
         let node_id = config
             .node_id
@@ -65,11 +73,10 @@ impl RedisPubSub {
         let counters = Arc::new(Counters::default());
         let health = Arc::new(HealthTracker::new(k, config.not_ready_after));
         let interest = Arc::new(Interest::new(k));
-        let (tx, rx) = mpsc::channel(config.incoming_capacity);
         let dispatcher = Arc::new(Dispatcher {
             names: names.clone(),
             node_id: node_id.clone(),
-            tx,
+            sink,
             counters: counters.clone(),
             health: health.clone(),
         });
@@ -156,12 +163,9 @@ impl RedisPubSub {
             health,
             _tasks: tasks,
         };
-        Ok((
-            RedisPubSub {
-                inner: Arc::new(inner),
-            },
-            rx,
-        ))
+        Ok(RedisPubSub {
+            inner: Arc::new(inner),
+        })
     }
 
     /// This node's id (the origin of its envelopes, the name of its direct channel).
@@ -201,7 +205,7 @@ impl RedisPubSub {
         removed
     }
 
-    /// A current-version envelope from this node.
+    /// A broadcast envelope from this node.
     pub fn envelope(
         &self,
         topic: &str,

@@ -16,8 +16,9 @@
 //!   mode) must be heard back, else [`Health::ready`] is false; a connection that stays deaf
 //!   is rebuilt.
 //! * **Bounded everywhere**: publishes are bounded by a timeout and fail fast while Redis is
-//!   down; the queue to the gateway is bounded and drops (counted) rather than block the
-//!   Redis reader; subscribe/unsubscribe edit a set instead of queueing commands.
+//!   down; what is read is handed to the gateway's [`Sink`] without waiting (a full sink drops,
+//!   counted) so nothing ever blocks the Redis reader; subscribe/unsubscribe edit a set instead
+//!   of queueing commands.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), pubsub_redis::Error> {
@@ -48,7 +49,7 @@ mod stats;
 mod subscriber;
 
 pub use config::{Config, ConfigError};
-pub use dispatch::Incoming;
+pub use dispatch::{Accepted, Incoming, Sink};
 pub use envelope::{DecodeError, EncodeError, Envelope};
 pub use error::Error;
 pub use handle::RedisPubSub;

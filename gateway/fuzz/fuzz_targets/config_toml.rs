@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use gateway::channel::{ConfigChannel, Router, TopicPattern};
+use gateway::channel::{ConfigChannel, Router};
+use gateway::protocol::TopicPattern;
 use gateway::config::{Config, ConfigFile};
 use libfuzzer_sys::fuzz_target;
 

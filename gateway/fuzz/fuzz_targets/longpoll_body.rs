@@ -39,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         match &m.payload {
-            Payload::Json(_) => assert!(matches!(line.first(), Some(b'[' | b'{'))),
+            // V1 reads JSON from a base64 line too (its serializer ignores the opcode).
+            Payload::Json(_) => assert!(
+                matches!(line.first(), Some(b'[' | b'{')) || serializer == Serializer::V1
+            ),
             Payload::Binary(p) => {
                 assert_eq!(serializer, Serializer::V2, "V1 has no binary frames");
                 let raw = base64::engine::general_purpose::STANDARD

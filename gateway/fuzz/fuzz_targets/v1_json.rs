@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let frame = Bytes::copy_from_slice(data);
     let decoded = decode_v1(&frame);
-    assert_eq!(decoded, Serializer::V1.decode_text(&frame));
+    assert_eq!(decoded, Serializer::V1.decode(false, frame.clone()));
     let Ok(m) = decoded else { return };
     let Payload::Json(payload) = &m.payload else {
         panic!("a text frame decoded to a binary payload");

@@ -5,7 +5,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use gateway::transport::websocket::codec::{parse_close, parse_frame, Assembler, OpCode};
+use gateway::protocol::websocket::{parse_close, parse_frame, Assembler, OpCode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

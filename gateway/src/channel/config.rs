@@ -6,84 +6,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Deserialize;
-
 use serde_json::{Map, Value};
 
 use super::{Channel, ChannelContext, ChannelError, Join, Reply};
+use crate::config::{ChannelSpec, JoinPolicy};
 use crate::protocol::Payload;
-
-/// Who may join a pattern's topics.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum JoinPolicy {
-    /// Anyone.
-    #[default]
-    Public,
-    /// Sessions with a verified token whose `topics` claim allows the topic.
-    Token,
-}
-
-/// One `[[channels]]` entry of the config file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelSpec {
-    /// `room:*` (prefix) or an exact topic.
-    pub pattern: String,
-    /// Join policy; default `public`.
-    #[serde(default)]
-    pub join: JoinPolicy,
-    /// Client events broadcast to the topic, sender included, and replied `ok`.
-    #[serde(default)]
-    pub broadcast: Vec<String>,
-    /// Client events broadcast to the topic except the sender, and replied `ok`.
-    #[serde(default)]
-    pub broadcast_from: Vec<String>,
-    /// Presence on: joiners get `presence_state`, and are tracked under their key.
-    #[serde(default)]
-    pub presence: bool,
-    /// Join-payload field that keys a presence in open mode (JWT mode uses the token's `sub`).
-    /// Default `user`. A join without a key is not tracked (it still sees the others).
-    #[serde(default = "default_presence_key")]
-    pub presence_key: String,
-    /// Join-payload fields copied into the presence meta (besides `online_at`); the meta is
-    /// limited to 1 KiB. The client event `presence_update` replaces them.
-    #[serde(default)]
-    pub presence_meta: Vec<String>,
-}
-
-fn default_presence_key() -> String {
-    "user".into()
-}
-
-impl ChannelSpec {
-    /// The demo channel served when no config file is given: `room:*`, public, `new_msg` and
-    /// `shout` broadcast to everyone including the sender.
-    pub fn demo() -> Self {
-        ChannelSpec {
-            pattern: "room:*".into(),
-            join: JoinPolicy::Public,
-            broadcast: vec!["new_msg".into(), "shout".into()],
-            broadcast_from: vec![],
-            presence: true,
-            presence_key: default_presence_key(),
-            presence_meta: vec!["name".into(), "status".into()],
-        }
-    }
-
-    /// A public pattern broadcasting `events` (sender included), without presence.
-    pub fn public(pattern: &str, events: &[&str]) -> Self {
-        ChannelSpec {
-            pattern: pattern.into(),
-            join: JoinPolicy::Public,
-            broadcast: events.iter().map(|e| e.to_string()).collect(),
-            broadcast_from: vec![],
-            presence: false,
-            presence_key: default_presence_key(),
-            presence_meta: vec![],
-        }
-    }
-}
 
 /// A channel instance driven by a `ChannelSpec`.
 #[derive(Debug, Clone)]

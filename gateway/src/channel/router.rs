@@ -5,41 +5,7 @@
 use std::sync::Arc;
 
 use super::{Channel, ChannelFactory};
-
-/// `prefix*` or an exact topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TopicPattern {
-    /// Matches topics starting with the prefix (`room:*` → prefix `room:`).
-    Prefix(String),
-    /// Matches one topic.
-    Exact(String),
-}
-
-impl TopicPattern {
-    /// Parse `room:*` (prefix) or `room:lobby` (exact). A `*` anywhere but at the end is taken
-    /// literally.
-    pub fn parse(s: &str) -> Self {
-        match s.strip_suffix('*') {
-            Some(prefix) => TopicPattern::Prefix(prefix.to_owned()),
-            None => TopicPattern::Exact(s.to_owned()),
-        }
-    }
-
-    /// Whether `topic` matches.
-    pub fn matches(&self, topic: &str) -> bool {
-        match self {
-            TopicPattern::Prefix(p) => topic.starts_with(p.as_str()),
-            TopicPattern::Exact(t) => t == topic,
-        }
-    }
-
-    fn specificity(&self) -> usize {
-        match self {
-            TopicPattern::Exact(_) => usize::MAX,
-            TopicPattern::Prefix(p) => p.len(),
-        }
-    }
-}
+use crate::protocol::TopicPattern;
 
 /// Topic patterns → channel factories.
 #[derive(Clone, Default)]
@@ -87,19 +53,5 @@ impl Router {
     /// Whether no route is defined.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns() {
-        assert!(TopicPattern::parse("room:*").matches("room:1"));
-        assert!(TopicPattern::parse("room:*").matches("room:"));
-        assert!(!TopicPattern::parse("room:*").matches("rooms"));
-        assert!(TopicPattern::parse("lobby").matches("lobby"));
-        assert!(!TopicPattern::parse("lobby").matches("lobby:1"));
     }
 }

@@ -1,78 +1,37 @@
-//! The Tracker: replicates presences between nodes through PubSub.
+//! The Tracker: replicates presences between nodes through PubSub, with typed cluster messages
+//! (`cluster::PresenceMessage`):
 //!
-//! * `phx_presence_delta` on a topic: a node's own joins/leaves there (only nodes interested in
-//!   the topic receive it — the same interest-based routing as broadcasts);
-//! * `phx_presence_sync` on a topic: a node that just got its first local subscriber asks for
-//!   the state; every node answers with its own share, directly (`phx_presence_state`);
-//! * `phx_presence_hb` on `phx_presence:hb`: every node's heartbeat (id + boot incarnation).
+//! * `Delta` on a topic: a node's own joins/leaves there (only nodes interested in the topic
+//!   receive it — the same interest-based routing as broadcasts);
+//! * `Sync` on a topic: a node that just got its first local subscriber asks for the state;
+//!   every node answers with its own share, directly (`State`);
+//! * `Heartbeat` on `HEARTBEAT_TOPIC`: every node's id and boot incarnation, every `heartbeat`.
 //!
-//! A node silent for `presence_down_after` is declared down and its presences leave; a new
-//! incarnation replaces the old one at once. While this node cannot hear the cluster (PubSub
-//! not ready) nobody is declared down, and when it hears again it re-syncs every topic, so a
-//! Redis restart produces no leave/join for users who never left.
+//! A node silent for `down_after` is declared down and its presences leave; a new incarnation
+//! replaces the old one at once. While this node cannot hear the cluster (PubSub not ready)
+//! nobody is declared down, and when it hears again it re-syncs every topic, so a Redis restart
+//! produces no leave/join for users who never left.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use tracing::{debug, info};
+use serde_json::Value;
+use tracing::info;
 
-use super::{Change, Meta, Owner};
-use crate::node::Node;
-use crate::protocol::Payload;
-use crate::pubsub::Broadcast;
+use super::{Change, Meta, Owner, Presence, PresenceSettings};
+use crate::cluster::{ClusterMessage, Delta, NodeRef, PresenceMessage, Share};
 
 /// Topic of the node heartbeats.
 pub const HEARTBEAT_TOPIC: &str = "phx_presence:hb";
-const DELTA: &str = "phx_presence_delta";
-const SYNC: &str = "phx_presence_sync";
-const STATE: &str = "phx_presence_state";
-const HEARTBEAT: &str = "phx_presence_hb";
 
-/// Whether an event is the tracker's (never delivered to clients as is).
-pub fn is_tracker_event(event: &str) -> bool {
-    event.starts_with("phx_presence_")
-}
+/// Longest a first local subscriber waits for the other nodes' shares of a topic.
+const SYNC_WAIT: Duration = Duration::from_millis(500);
 
 /// When a remote node was last heard, and as which incarnation.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen {
     inc: u64,
     last: Instant,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Delta {
-    node: String,
-    inc: u64,
-    #[serde(default)]
-    joins: Vec<(String, Value)>,
-    #[serde(default)]
-    leaves: Vec<(String, String)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StateMsg {
-    topic: String,
-    node: String,
-    inc: u64,
-    metas: Vec<(String, Value)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Hello {
-    node: String,
-    inc: u64,
-}
-
-fn send(node: &Node, topic: &str, event: &str, body: &impl Serialize) {
-    let msg = Broadcast {
-        topic: topic.to_owned(),
-        event: event.to_owned(),
-        payload: Payload::json(body),
-    };
-    node.pubsub.broadcast(Arc::new(msg));
 }
 
 fn meta_from(owner: &Owner, v: Value) -> Option<Meta> {
@@ -85,376 +44,286 @@ fn meta_from(owner: &Owner, v: Value) -> Option<Meta> {
     })
 }
 
-fn after_change(node: &Node) {
-    if node.config.presence_batch.is_zero() {
-        node.presence.flush(node);
+fn owner_of(from: &NodeRef) -> Owner {
+    Owner {
+        node: Arc::from(from.node.as_str()),
+        inc: from.inc,
     }
 }
 
-/// Track a presence of a local session on `topic` under `key`.
-pub fn track(
-    node: &Node,
-    topic: &str,
-    key: &str,
-    fields: Map<String, Value>,
-    session: Option<u64>,
-) -> Arc<str> {
-    let meta = node.presence.local_meta(session, fields, None);
-    let phx_ref = meta.phx_ref.clone();
-    replicate(
-        node,
-        topic,
-        Change {
-            joins: vec![(key.to_owned(), meta)],
-            leaves: vec![],
-        },
-    );
-    phx_ref
-}
-
-/// Replace a session's presence on `topic` with new fields (`phx_ref_prev` names the old meta);
-/// one diff carries the join of the new meta and the leave of the old.
-pub fn update(node: &Node, topic: &str, session: u64, fields: Map<String, Value>) -> bool {
-    let old = node.presence.of_session(topic, session);
-    let Some((key, prev)) = old.first().cloned() else {
-        return false;
-    };
-    let meta = node.presence.local_meta(Some(session), fields, Some(&prev));
-    replicate(
-        node,
-        topic,
-        Change {
-            joins: vec![(key, meta)],
-            leaves: old,
-        },
-    );
-    true
-}
-
-/// Untrack every presence a local session has on `topic`.
-pub fn untrack_session(node: &Node, topic: &str, session: u64) {
-    let leaves = node.presence.of_session(topic, session);
-    if !leaves.is_empty() {
-        replicate(
-            node,
-            topic,
-            Change {
-                joins: vec![],
-                leaves,
-            },
-        );
-    }
-}
-
-/// Apply a local change and send it to the other nodes.
-fn replicate(node: &Node, topic: &str, change: Change) {
-    let me = &node.presence.me;
-    let delta = Delta {
-        node: me.node.to_string(),
-        inc: me.inc,
-        joins: change
-            .joins
-            .iter()
-            .filter_map(|(k, m)| Some((k.clone(), serde_json::from_slice(&m.json).ok()?)))
-            .collect(),
-        leaves: change
-            .leaves
-            .iter()
-            .map(|(k, r)| (k.clone(), r.to_string()))
-            .collect(),
-    };
-    node.presence.apply(topic, change);
-    send(node, topic, DELTA, &delta);
-    after_change(node);
-}
-
-/// Longest a first local subscriber waits for the other nodes' shares of a topic.
-const SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-fn hello(node: &Node) -> Hello {
-    Hello {
-        node: node.presence.me.node.to_string(),
-        inc: node.presence.me.inc,
-    }
-}
-
-/// The topic's first local subscriber: ask every node for its share and wait (bounded) until
-/// every node this one knows to be alive has answered.
-pub async fn sync_first(node: &Node, topic: &str) {
-    node.presence
-        .answers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(topic.to_owned(), Default::default());
-    send(node, topic, SYNC, &hello(node));
-    let expected: Vec<Arc<str>> = node
-        .presence
-        .nodes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
-    let deadline = Instant::now() + SYNC_WAIT;
-    while Instant::now() < deadline {
-        let done = node
-            .presence
-            .answers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-            .is_none_or(|got| expected.iter().all(|n| got.contains(n)));
-        if done {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    node.presence
-        .answers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(topic);
-}
-
-/// Tell the nodes interested in `topic` this node's whole share there (they replace what they
-/// hold of it), and ask for theirs: after this node could not hear the cluster.
-fn resync(node: &Node, topic: &str) {
-    send(node, topic, STATE, &own_share(node, topic));
-    send(node, topic, SYNC, &hello(node));
-}
-
-fn own_share(node: &Node, topic: &str) -> StateMsg {
-    let me = &node.presence.me;
-    let metas = node
-        .presence
-        .owned_by(topic, &me.node)
-        .into_iter()
-        .filter_map(|(k, m)| Some((k, serde_json::from_slice(&m.json).ok()?)))
-        .collect();
-    StateMsg {
-        topic: topic.to_owned(),
-        node: me.node.to_string(),
-        inc: me.inc,
-        metas,
-    }
-}
-
-fn heard(node: &Node, from: &str, inc: u64) {
-    let (old_inc, new) = {
-        let mut nodes = node
-            .presence
-            .nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let new = !nodes.contains_key(from);
-        let seen = nodes.entry(Arc::from(from)).or_insert(Seen {
-            inc,
-            last: Instant::now(),
-        });
-        let old = seen.inc;
-        *seen = Seen {
-            inc,
-            last: Instant::now(),
-        };
-        (old, new)
-    };
-    if old_inc != inc {
-        info!(node = from, "node restarted: its old presences leave");
-        remove_node(node, from, Some(inc));
-    }
-    if new {
-        // A node joined, or came back after being declared down: fetch its shares of the
-        // topics this node holds (its users re-join here).
-        for topic in node.presence.topic_names() {
-            send(node, &topic, SYNC, &hello(node));
+impl Presence {
+    /// This node in the tracker's messages.
+    fn me(&self) -> NodeRef {
+        let me = &self.replicas.me;
+        NodeRef {
+            node: me.node.to_string(),
+            inc: me.inc,
         }
     }
-}
 
-fn remove_node(node: &Node, from: &str, keep_inc: Option<u64>) {
-    let mut by_topic: std::collections::HashMap<String, Vec<(String, Arc<str>)>> =
-        Default::default();
-    for (topic, key, r) in node.presence.of_node(from, keep_inc) {
-        by_topic.entry(topic).or_default().push((key, r));
+    fn publish(&self, topic: &str, msg: PresenceMessage) {
+        self.hub
+            .pubsub()
+            .publish(topic, ClusterMessage::Presence(msg));
     }
-    for (topic, leaves) in by_topic {
-        node.presence.apply(
-            &topic,
-            Change {
-                joins: vec![],
-                leaves,
-            },
-        );
-    }
-    after_change(node);
-}
 
-/// Handle a tracker message delivered on a topic or directly. Returns `false` if it is not one.
-pub fn handle(node: &Arc<Node>, msg: &Broadcast) -> bool {
-    if !is_tracker_event(&msg.event) {
-        return false;
-    }
-    let body = msg.payload.bytes();
-    match msg.event.as_str() {
-        DELTA => {
-            let Ok(d) = serde_json::from_slice::<Delta>(body) else {
-                return true;
-            };
-            if d.node == *node.presence.me.node {
-                return true;
-            }
-            heard(node, &d.node, d.inc);
-            let owner = Owner {
-                node: Arc::from(d.node.as_str()),
-                inc: d.inc,
-            };
-            let joins = d
+    /// Apply a local change and send it to the other nodes.
+    pub(super) fn replicate(&self, topic: &str, change: Change) {
+        let delta = Delta {
+            from: self.me(),
+            joins: change
                 .joins
-                .into_iter()
-                .filter_map(|(k, v)| Some((k, meta_from(&owner, v)?)))
-                .collect();
-            let leaves = d
-                .leaves
-                .into_iter()
-                .map(|(k, r)| (k, Arc::from(r.as_str())))
-                .collect();
-            node.presence.apply(&msg.topic, Change { joins, leaves });
-            after_change(node);
-        }
-        SYNC => {
-            let Ok(h) = serde_json::from_slice::<Hello>(body) else {
-                return true;
-            };
-            let share = own_share(node, &msg.topic);
-            let reply = Broadcast {
-                topic: String::new(),
-                event: STATE.into(),
-                payload: Payload::json(&share),
-            };
-            node.pubsub.direct(&h.node, Arc::new(reply));
-        }
-        STATE => {
-            let Ok(s) = serde_json::from_slice::<StateMsg>(body) else {
-                return true;
-            };
-            if s.node == *node.presence.me.node {
-                return true;
-            }
-            heard(node, &s.node, s.inc);
-            if let Some(got) = node
-                .presence
-                .answers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&s.topic)
-            {
-                got.insert(Arc::from(s.node.as_str()));
-            }
-            let owner = Owner {
-                node: Arc::from(s.node.as_str()),
-                inc: s.inc,
-            };
-            let fresh: Vec<(String, Meta)> = s
-                .metas
-                .into_iter()
-                .filter_map(|(k, v)| Some((k, meta_from(&owner, v)?)))
-                .collect();
-            let current = node.presence.owned_by(&s.topic, &s.node);
-            let leaves = current
                 .iter()
-                .filter(|(_, m)| !fresh.iter().any(|(_, f)| f.phx_ref == m.phx_ref))
-                .map(|(k, m)| (k.clone(), m.phx_ref.clone()))
-                .collect();
-            node.presence.apply(
-                &s.topic,
+                .filter_map(|(k, m)| Some((k.clone(), serde_json::from_slice(&m.json).ok()?)))
+                .collect(),
+            leaves: change
+                .leaves
+                .iter()
+                .map(|(k, r)| (k.clone(), r.to_string()))
+                .collect(),
+        };
+        self.replicas.apply(topic, change);
+        self.publish(
+            topic,
+            PresenceMessage::Delta {
+                topic: topic.to_owned(),
+                delta,
+            },
+        );
+        self.after_change();
+    }
+
+    fn ask(&self, topic: &str) {
+        self.publish(
+            topic,
+            PresenceMessage::Sync {
+                topic: topic.to_owned(),
+                from: self.me(),
+            },
+        );
+    }
+
+    /// The topic's first local subscriber: ask every node for its share and wait (bounded) until
+    /// every node this one knows to be alive has answered.
+    pub async fn sync_first(&self, topic: &str) {
+        let answers = || self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers().insert(topic.to_owned(), Default::default());
+        self.ask(topic);
+        let expected: Vec<Arc<str>> = self.nodes().keys().cloned().collect();
+        let deadline = Instant::now() + SYNC_WAIT;
+        while Instant::now() < deadline {
+            let done = answers()
+                .get(topic)
+                .is_none_or(|got| expected.iter().all(|n| got.contains(n)));
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        answers().remove(topic);
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, Seen>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn own_share(&self, topic: &str) -> Share {
+        let metas = self
+            .replicas
+            .owned_by(topic, &self.replicas.me.node)
+            .into_iter()
+            .filter_map(|(k, m)| Some((k, serde_json::from_slice(&m.json).ok()?)))
+            .collect();
+        Share {
+            topic: topic.to_owned(),
+            from: self.me(),
+            metas,
+        }
+    }
+
+    fn heard(&self, from: &NodeRef) {
+        let (old_inc, new) = {
+            let mut nodes = self.nodes();
+            let now = Instant::now();
+            let seen = Seen {
+                inc: from.inc,
+                last: now,
+            };
+            match nodes.insert(Arc::from(from.node.as_str()), seen) {
+                Some(old) => (old.inc, false),
+                None => (from.inc, true),
+            }
+        };
+        if old_inc != from.inc {
+            info!(node = %from.node, "node restarted: its old presences leave");
+            self.remove_node(&from.node, Some(from.inc));
+        }
+        if new {
+            // A node joined, or came back after being declared down: fetch its shares of the
+            // topics this node holds (its users re-join here).
+            for topic in self.replicas.topic_names() {
+                self.ask(&topic);
+            }
+        }
+    }
+
+    fn remove_node(&self, node: &str, keep_inc: Option<u64>) {
+        let mut by_topic: std::collections::HashMap<String, Vec<(String, Arc<str>)>> =
+            Default::default();
+        for (topic, key, r) in self.replicas.of_node(node, keep_inc) {
+            by_topic.entry(topic).or_default().push((key, r));
+        }
+        for (topic, leaves) in by_topic {
+            self.replicas.apply(
+                &topic,
                 Change {
-                    joins: fresh,
+                    joins: vec![],
                     leaves,
                 },
             );
-            after_change(node);
         }
-        HEARTBEAT => {
-            if let Ok(h) = serde_json::from_slice::<Hello>(body) {
-                if h.node != *node.presence.me.node {
-                    heard(node, &h.node, h.inc);
+        self.after_change();
+    }
+
+    /// Apply a node's whole share of a topic: it replaces what this node holds of that node.
+    fn replace_share(&self, s: Share) {
+        if let Some(got) = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&s.topic)
+        {
+            got.insert(Arc::from(s.from.node.as_str()));
+        }
+        let owner = owner_of(&s.from);
+        let fresh: Vec<(String, Meta)> = s
+            .metas
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, meta_from(&owner, v)?)))
+            .collect();
+        let current = self.replicas.owned_by(&s.topic, &s.from.node);
+        let leaves = current
+            .iter()
+            .filter(|(_, m)| !fresh.iter().any(|(_, f)| f.phx_ref == m.phx_ref))
+            .map(|(k, m)| (k.clone(), m.phx_ref.clone()))
+            .collect();
+        self.replicas.apply(
+            &s.topic,
+            Change {
+                joins: fresh,
+                leaves,
+            },
+        );
+        self.after_change();
+    }
+
+    /// Handle a presence message from another node.
+    pub fn handle(&self, msg: PresenceMessage) {
+        let me = &self.replicas.me.node;
+        match msg {
+            PresenceMessage::Delta { topic, delta } => {
+                if *delta.from.node == **me {
+                    return;
+                }
+                self.heard(&delta.from);
+                let owner = owner_of(&delta.from);
+                let joins = delta
+                    .joins
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, meta_from(&owner, v)?)))
+                    .collect();
+                let leaves = delta
+                    .leaves
+                    .into_iter()
+                    .map(|(k, r)| (k, Arc::from(r.as_str())))
+                    .collect();
+                self.replicas.apply(&topic, Change { joins, leaves });
+                self.after_change();
+            }
+            PresenceMessage::Sync { topic, from } => {
+                let share = self.own_share(&topic);
+                self.hub.pubsub().direct(
+                    &from.node,
+                    ClusterMessage::Presence(PresenceMessage::State(share)),
+                );
+            }
+            PresenceMessage::State(share) => {
+                if *share.from.node != **me {
+                    self.heard(&share.from);
+                    self.replace_share(share);
+                }
+            }
+            PresenceMessage::Heartbeat(from) => {
+                if *from.node != **me {
+                    self.heard(&from);
                 }
             }
         }
-        _ => debug!(event = %msg.event, "unknown tracker event"),
     }
-    true
-}
 
-/// The tracker's periodic work: heartbeats, down detection, re-sync after deafness, and the
-/// batched flush of client diffs.
-pub async fn run(node: Arc<Node>) {
-    node.pubsub.subscribe(HEARTBEAT_TOPIC);
-    let period = node.config.presence_heartbeat;
-    let batch = node.config.presence_batch;
-    let tick_every = if batch.is_zero() {
-        period.min(std::time::Duration::from_millis(100))
-    } else {
-        batch.min(period)
-    };
-    let mut tick = tokio::time::interval(tick_every);
-    let mut last_beat = Instant::now() - period;
-    let mut was_ready = node.pubsub.is_ready();
-    loop {
-        tick.tick().await;
-        node.presence.flush(&node);
-        if last_beat.elapsed() < period {
-            continue;
-        }
-        last_beat = Instant::now();
-        let ready = node.pubsub.is_ready();
-        let me = Hello {
-            node: node.presence.me.node.to_string(),
-            inc: node.presence.me.inc,
+    /// The tracker's periodic work, forever: heartbeats, down detection, re-sync after
+    /// deafness, and the batched flush of client diffs.
+    pub async fn run(self: Arc<Self>) {
+        let pubsub = self.hub.pubsub().clone();
+        pubsub.subscribe(HEARTBEAT_TOPIC);
+        let PresenceSettings {
+            batch,
+            heartbeat: period,
+            down_after,
+        } = self.settings;
+        let tick_every = if batch.is_zero() {
+            period.min(Duration::from_millis(100))
+        } else {
+            batch.min(period)
         };
-        send(&node, HEARTBEAT_TOPIC, HEARTBEAT, &me);
-        if !ready {
-            was_ready = false;
-            continue; // deaf: nobody can be judged
-        }
-        if !was_ready {
-            was_ready = true;
-            info!("pubsub is back: re-syncing presence");
-            for seen in node
-                .presence
-                .nodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values_mut()
-            {
-                seen.last = Instant::now();
+        let mut tick = tokio::time::interval(tick_every);
+        let mut last_beat = Instant::now() - period;
+        let mut was_ready = pubsub.is_ready();
+        loop {
+            tick.tick().await;
+            self.flush();
+            if last_beat.elapsed() < period {
+                continue;
             }
-            for topic in node.presence.topic_names() {
-                resync(&node, &topic);
+            last_beat = Instant::now();
+            let ready = pubsub.is_ready();
+            self.publish(HEARTBEAT_TOPIC, PresenceMessage::Heartbeat(self.me()));
+            if !ready {
+                was_ready = false;
+                continue; // deaf: nobody can be judged
             }
-        }
-        let down: Vec<Arc<str>> = {
-            let mut nodes = node
-                .presence
-                .nodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let down: Vec<Arc<str>> = nodes
-                .iter()
-                .filter(|(_, s)| s.last.elapsed() > node.config.presence_down_after)
-                .map(|(n, _)| n.clone())
-                .collect();
-            for n in &down {
-                nodes.remove(n);
+            if !was_ready {
+                was_ready = true;
+                info!("pubsub is back: re-syncing presence");
+                for seen in self.nodes().values_mut() {
+                    seen.last = Instant::now();
+                }
+                for topic in self.replicas.topic_names() {
+                    // This node's whole share (the others replace what they hold of it), and
+                    // a request for theirs.
+                    self.publish(&topic, PresenceMessage::State(self.own_share(&topic)));
+                    self.ask(&topic);
+                }
             }
-            down
-        };
-        for n in down {
-            info!(node = %n, "node is down: its presences leave");
-            remove_node(&node, &n, None);
+            let down: Vec<Arc<str>> = {
+                let mut nodes = self.nodes();
+                let down: Vec<Arc<str>> = nodes
+                    .iter()
+                    .filter(|(_, s)| s.last.elapsed() > down_after)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in &down {
+                    nodes.remove(n);
+                }
+                down
+            };
+            for n in down {
+                info!(node = %n, "node is down: its presences leave");
+                self.remove_node(&n, None);
+            }
+            self.metrics
+                .presence_entries
+                .set(self.replicas.entries() as i64);
         }
-        node.metrics
-            .presence_entries
-            .set(node.presence.entries() as i64);
     }
 }

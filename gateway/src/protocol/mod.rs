@@ -1,17 +1,26 @@
-//! The Phoenix wire protocol: the `Message` every transport decodes into, the payload kinds, and
-//! the serializers chosen by `vsn` (V1 JSON, V2 JSON, V2 binary frames).
+//! The Phoenix wire protocol, as pure bytes (no I/O): the `Message` every transport decodes
+//! into, the payload kinds, the serializers chosen by `vsn` (V1 JSON, V2 JSON, V2 binary
+//! frames), the `Wire` a session's frames are encoded for, the RFC 6455 frame codec, close
+//! codes, and topics (length bound, reserved events, patterns).
 //!
 //! Payloads travel as already-encoded bytes: JSON payloads are validated once on the way in and
 //! then copied verbatim into outgoing frames, so a broadcast is never parsed again by the node
 //! (or by other nodes) — the fastlane writes the same bytes to every subscriber.
 
 mod binary;
+mod close;
 mod json;
+pub mod topic;
+pub mod websocket;
+mod wire;
 
 use bytes::Bytes;
 
 pub use binary::{decode_binary_push, encode_binary, BinaryKind};
+pub use close::{Close, CloseCode};
 pub use json::{decode_v1, decode_v2, encode_v1, encode_v2, json_string};
+pub use topic::{is_reserved_event, TopicPattern, MAX_TOPIC_LEN};
+pub use wire::{longpoll_messages, Framing, Wire};
 
 /// Reserved topic of heartbeats.
 pub const PHOENIX_TOPIC: &str = "phoenix";
@@ -105,9 +114,6 @@ pub enum ProtocolError {
     /// A binary frame whose header does not fit, or of a kind a client may not send.
     #[error("malformed binary frame: {0}")]
     MalformedBinary(&'static str),
-    /// A binary frame on a serializer that has none (V1).
-    #[error("binary frames are not supported by this serializer")]
-    BinaryUnsupported,
 }
 
 /// Pick the serializer for a `vsn` query value, as Phoenix does: missing → V1, `~> 1.0.0` → V1,
@@ -195,19 +201,14 @@ pub struct Encoded {
 }
 
 impl Serializer {
-    /// Decode a text frame.
-    pub fn decode_text(self, data: &Bytes) -> Result<Message, ProtocolError> {
-        match self {
-            Serializer::V1 => decode_v1(data),
-            Serializer::V2 => decode_v2(data),
-        }
-    }
-
-    /// Decode a binary frame.
-    pub fn decode_binary(self, data: Bytes) -> Result<Message, ProtocolError> {
-        match self {
-            Serializer::V1 => Err(ProtocolError::BinaryUnsupported),
-            Serializer::V2 => decode_binary_push(data),
+    /// Decode a client message as Phoenix does. V1 reads a JSON object whatever the frame's
+    /// opcode (Phoenix's V1 serializer ignores it: third-party clients send JSON in binary
+    /// frames); V2 reads a JSON array from a text frame and a V2 binary push from a binary one.
+    pub fn decode(self, binary: bool, data: Bytes) -> Result<Message, ProtocolError> {
+        match (self, binary) {
+            (Serializer::V1, _) => decode_v1(&data),
+            (Serializer::V2, false) => decode_v2(&data),
+            (Serializer::V2, true) => decode_binary_push(data),
         }
     }
 

@@ -5,14 +5,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
-use tracing::debug;
-
-use super::{Broadcast, Delivery, DeliveryTx, PubSub};
+use super::{Inbox, PubSub};
+use crate::cluster::ClusterMessage;
 
 #[derive(Default)]
 struct BusState {
     /// Attached nodes by id.
-    nodes: HashMap<String, DeliveryTx>,
+    nodes: HashMap<String, Inbox>,
     /// Topic → ids of nodes subscribed to it.
     topics: HashMap<String, HashSet<String>>,
 }
@@ -36,10 +35,10 @@ impl LocalBus {
         Self::default()
     }
 
-    /// Attach a node; deliveries for it go to `tx`.
-    pub fn attach(&self, node_id: impl Into<String>, tx: DeliveryTx) -> LocalPubSub {
+    /// Attach a node; deliveries for it go to `inbox`.
+    pub fn attach(&self, node_id: impl Into<String>, inbox: Inbox) -> LocalPubSub {
         let node_id = node_id.into();
-        self.lock().nodes.insert(node_id.clone(), tx);
+        self.lock().nodes.insert(node_id.clone(), inbox);
         LocalPubSub {
             node_id,
             bus: Arc::downgrade(&self.state),
@@ -64,12 +63,6 @@ impl LocalPubSub {
     fn with_bus(&self, f: impl FnOnce(&mut BusState)) {
         if let Some(bus) = self.bus.upgrade() {
             f(&mut bus.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-    }
-
-    fn send(tx: &DeliveryTx, d: Delivery) {
-        if tx.try_send(d).is_err() {
-            debug!("local bus: delivery queue full or closed, message dropped");
         }
     }
 }
@@ -110,23 +103,23 @@ impl PubSub for LocalPubSub {
         });
     }
 
-    fn broadcast(&self, msg: Arc<Broadcast>) {
+    fn publish(&self, topic: &str, msg: ClusterMessage) {
         self.with_bus(|s| {
-            let Some(nodes) = s.topics.get(&msg.topic) else {
+            let Some(nodes) = s.topics.get(topic) else {
                 return;
             };
             for node in nodes.iter().filter(|n| **n != self.node_id) {
                 if let Some(tx) = s.nodes.get(node) {
-                    Self::send(tx, Delivery::Topic(msg.clone()));
+                    tx.offer(msg.clone());
                 }
             }
         });
     }
 
-    fn direct(&self, node_id: &str, msg: Arc<Broadcast>) {
+    fn direct(&self, node_id: &str, msg: ClusterMessage) {
         self.with_bus(|s| {
             if let Some(tx) = s.nodes.get(node_id) {
-                Self::send(tx, Delivery::Direct(msg));
+                tx.offer(msg);
             }
         });
     }
@@ -147,8 +140,8 @@ mod tests {
         crate::pubsub::conformance::run(|id| {
             let bus = bus.clone();
             async move {
-                let (tx, rx) = tokio::sync::mpsc::channel(1024);
-                let ps: SharedPubSub = Arc::new(bus.attach(id, tx));
+                let (inbox, rx) = Inbox::new(Arc::new(crate::metrics::Metrics::new()));
+                let ps: SharedPubSub = Arc::new(bus.attach(id, inbox));
                 (ps, rx)
             }
         })

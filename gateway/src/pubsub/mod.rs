@@ -1,12 +1,17 @@
-//! PubSub: the trait that moves broadcasts between nodes (local delivery is the Hub's job), and
-//! the message that travels. Adapters: `local` (in-process bus: a single node, or several nodes
-//! in one process for tests) and, in the cluster build, Redis.
+//! PubSub: the trait that moves cluster messages between nodes (local delivery is the Hub's
+//! job). Adapters: `local` (in-process bus: a single node, or several nodes in one process for
+//! tests) and `redis` (the cluster).
 //!
 //! The contract every adapter meets (checked by the shared `conformance` suite):
-//! * `broadcast` reaches every *other* node currently subscribed to the topic, never the origin;
+//! * `publish` reaches every *other* node currently subscribed to the topic, never the origin;
 //! * a node only receives topics it is subscribed to (interest-based);
 //! * `direct` reaches exactly the named node;
-//! * delivery is at-most-once; `broadcast` never blocks the caller.
+//! * delivery is at-most-once; `publish` and `direct` never block the caller.
+//!
+//! Inbound, every adapter hands what it receives to its node through one bounded queue (an
+//! `Inbox`) with one overflow rule: a full queue drops the message and counts it
+//! (`gateway_pubsub_dropped_total{reason="receive_queue_full"}`), so a slow node never stalls
+//! the adapter's reader (for Redis, a reader Redis would otherwise cut off as too slow).
 
 pub mod local;
 pub mod redis;
@@ -18,32 +23,43 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::Payload;
+use crate::cluster::ClusterMessage;
+use crate::metrics::Metrics;
 
-/// A topic broadcast, as it travels between nodes and through the Hub.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Broadcast {
-    /// Topic, e.g. `room:42`.
-    pub topic: String,
-    /// Event name.
-    pub event: String,
-    /// Already-encoded payload, passed through untouched.
-    pub payload: Payload,
+/// Capacity of the queue from an adapter to its node.
+pub const DELIVERY_QUEUE: usize = 65_536;
+
+/// The sending end of a node's delivery queue, as its adapter holds it.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    /// The bounded queue the node consumes.
+    tx: mpsc::Sender<ClusterMessage>,
+    /// Where a drop is counted.
+    metrics: Arc<Metrics>,
 }
 
-/// What an adapter hands to its node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// A broadcast on a topic this node is subscribed to.
-    Topic(Arc<Broadcast>),
-    /// A message addressed to this node alone.
-    Direct(Arc<Broadcast>),
+impl Inbox {
+    /// A delivery queue of `DELIVERY_QUEUE` messages and its consuming end.
+    pub fn new(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<ClusterMessage>) {
+        let (tx, rx) = mpsc::channel(DELIVERY_QUEUE);
+        (Inbox { tx, metrics }, rx)
+    }
+
+    /// Hand a message to the node without waiting; `false` (counted) when the queue is full.
+    pub fn offer(&self, msg: ClusterMessage) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.dropped("receive_queue_full");
+                false
+            }
+            // The node is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
-/// Queue on which an adapter delivers to its node. Bounded; adapters drop (and count) when full.
-pub type DeliveryTx = mpsc::Sender<Delivery>;
-
-/// Cross-node fan-out.
+/// Cross-node transport of cluster messages.
 pub trait PubSub: Send + Sync + 'static {
     /// This node's id, unique per boot.
     fn node_id(&self) -> &str;
@@ -55,11 +71,11 @@ pub trait PubSub: Send + Sync + 'static {
     /// Stop receiving `topic` (after the last local subscriber left).
     fn unsubscribe(&self, topic: &str);
 
-    /// Send to every other node subscribed to the topic. Fire-and-forget; failures are counted.
-    fn broadcast(&self, msg: Arc<Broadcast>);
+    /// Send to every other node subscribed to `topic`. Fire-and-forget; failures are counted.
+    fn publish(&self, topic: &str, msg: ClusterMessage);
 
     /// Send to one node.
-    fn direct(&self, node_id: &str, msg: Arc<Broadcast>);
+    fn direct(&self, node_id: &str, msg: ClusterMessage);
 
     /// Whether this node currently hears the cluster (drives `/readyz`).
     fn is_ready(&self) -> bool;

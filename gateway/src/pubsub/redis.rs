@@ -2,31 +2,63 @@
 //! fire-and-forget and never block a session, so publishes go through a few bounded lanes
 //! (topics hashed to a lane, which keeps each topic's order) drained by tasks that await Redis.
 //! A full lane drops the message and counts it; while Redis is down the adapter fails each
-//! publish fast (counted), so nothing queues without bound. Incoming envelopes become
-//! `Delivery`s for the node; the adapter's counters and health are mirrored into metrics at
-//! each scrape.
+//! publish fast (counted), so nothing queues without bound. Inbound, the adapter's reader
+//! decodes each envelope into a `ClusterMessage` (`cluster::codec`) and offers it straight to
+//! the node's `Inbox`: one queue, one overflow rule. The adapter's counters and health are
+//! mirrored into metrics at each scrape.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use pubsub_redis::{Envelope, Health, Incoming, RedisPubSub, Stats};
+use pubsub_redis::{Accepted, Health, Incoming, RedisPubSub, Sink, Stats};
 #[cfg(test)]
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::{Broadcast, Delivery, DeliveryTx, PubSub};
+use super::{Inbox, PubSub};
+use crate::cluster::{codec, ClusterMessage, Route};
 use crate::metrics::Metrics;
-use crate::protocol::Payload;
 
 const LANES: usize = 4;
 const LANE_CAPACITY: usize = 8192;
 
 enum Send {
-    Topic(Arc<Broadcast>),
-    Direct(String, Arc<Broadcast>),
+    Topic(String, ClusterMessage),
+    Direct(String, ClusterMessage),
+}
+
+/// What the adapter's reader hands every message to: decoded and offered to the node's inbox.
+#[derive(Debug)]
+struct ToNode {
+    /// The node's delivery queue.
+    inbox: Inbox,
+    /// Where undecodable kinds are counted.
+    metrics: Arc<Metrics>,
+}
+
+impl Sink for ToNode {
+    fn deliver(&self, msg: Incoming) -> Accepted {
+        let (route, env) = match msg {
+            Incoming::Topic(env) => (Route::Topic, env),
+            Incoming::Direct(env) => (Route::Direct, env),
+        };
+        match codec::decode(route, env) {
+            Ok(msg) => {
+                if self.inbox.offer(msg) {
+                    Accepted::Yes
+                } else {
+                    Accepted::Rejected // a full inbox counted the drop itself
+                }
+            }
+            Err(why) => {
+                debug!(reason = why.label(), "cluster message dropped");
+                self.metrics.dropped(why.label());
+                Accepted::Rejected
+            }
+        }
+    }
 }
 
 /// The Redis adapter as a node's PubSub.
@@ -63,51 +95,34 @@ impl Drop for RedisAdapter {
     }
 }
 
-fn to_broadcast(env: Envelope) -> Arc<Broadcast> {
-    let payload = if env.binary {
-        Payload::Binary(env.payload)
-    } else {
-        Payload::Json(env.payload)
-    };
-    Arc::new(Broadcast {
-        topic: env.topic,
-        event: env.event,
-        payload,
-    })
-}
-
 impl RedisAdapter {
-    /// Connect, and start delivering to `deliveries`.
+    /// Connect, and start delivering to `inbox`.
     pub async fn start(
         config: pubsub_redis::Config,
         metrics: Arc<Metrics>,
-        deliveries: DeliveryTx,
+        inbox: Inbox,
     ) -> Result<Self, pubsub_redis::Error> {
-        let (redis, mut incoming) = RedisPubSub::start(config).await?;
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(async move {
-            while let Some(msg) = incoming.recv().await {
-                let d = match msg {
-                    Incoming::Topic(env) => Delivery::Topic(to_broadcast(env)),
-                    Incoming::Direct(env) => Delivery::Direct(to_broadcast(env)),
-                };
-                if deliveries.send(d).await.is_err() {
-                    return;
-                }
-            }
-        }));
+        let sink = Arc::new(ToNode {
+            inbox,
+            metrics: metrics.clone(),
+        });
+        let redis = RedisPubSub::start_with(config, sink).await?;
+        let mut tasks = Vec::with_capacity(LANES);
         let mut lanes = Vec::with_capacity(LANES);
         for _ in 0..LANES {
             let (tx, mut rx) = mpsc::channel::<Send>(LANE_CAPACITY);
             let redis = redis.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(send) = rx.recv().await {
+                    let origin = redis.node_id();
                     let result = match send {
-                        Send::Topic(m) => {
-                            let env = envelope(&redis, &m);
-                            redis.publish(&m.topic, &env).await
+                        Send::Topic(topic, m) => {
+                            let env = codec::encode(origin, &topic, &m);
+                            redis.publish(&topic, &env).await
                         }
-                        Send::Direct(node, m) => redis.direct(&node, &envelope(&redis, &m)).await,
+                        Send::Direct(node, m) => {
+                            redis.direct(&node, &codec::encode(origin, "", &m)).await
+                        }
                     };
                     if let Err(e) = result {
                         debug!(error = %e, "publish failed");
@@ -139,15 +154,6 @@ impl RedisAdapter {
     }
 }
 
-fn envelope(redis: &RedisPubSub, m: &Broadcast) -> Envelope {
-    redis.envelope(
-        &m.topic,
-        &m.event,
-        Bytes::clone(m.payload.bytes()),
-        m.payload.is_binary(),
-    )
-}
-
 impl RedisAdapter {
     /// Mirror the adapter's counters and health into Prometheus (called at each scrape, so
     /// the exported values are never stale).
@@ -176,9 +182,6 @@ impl RedisAdapter {
             .with_label_values(&["own_echo"])
             .inc_by(delta(now.dropped_echoes, last.dropped_echoes));
         dropped
-            .with_label_values(&["receive_queue_full"])
-            .inc_by(delta(now.dropped_full, last.dropped_full));
-        dropped
             .with_label_values(&["undecodable"])
             .inc_by(delta(now.decode_errors, last.decode_errors));
         metrics.pubsub_topics.set(now.subscribed_topics as i64);
@@ -204,12 +207,11 @@ impl PubSub for RedisAdapter {
         self.redis.unsubscribe(topic);
     }
 
-    fn broadcast(&self, msg: Arc<Broadcast>) {
-        let key = msg.topic.clone();
-        self.lane(&key, Send::Topic(msg));
+    fn publish(&self, topic: &str, msg: ClusterMessage) {
+        self.lane(topic, Send::Topic(topic.to_owned(), msg));
     }
 
-    fn direct(&self, node_id: &str, msg: Arc<Broadcast>) {
+    fn direct(&self, node_id: &str, msg: ClusterMessage) {
         self.lane(node_id, Send::Direct(node_id.to_owned(), msg));
     }
 
@@ -274,15 +276,14 @@ mod tests {
     async fn redis_adapter_passes_the_conformance_suite() {
         let (_server, port) = redis_server().await;
         crate::pubsub::conformance::run(|id| async move {
-            let (tx, rx) = mpsc::channel(1024);
+            let metrics = Arc::new(Metrics::new());
+            let (inbox, rx) = Inbox::new(metrics.clone());
             let config = pubsub_redis::Config {
                 urls: vec![format!("redis://127.0.0.1:{port}/")],
                 node_id: Some(id),
                 ..pubsub_redis::Config::default()
             };
-            let adapter = RedisAdapter::start(config, Arc::new(Metrics::new()), tx)
-                .await
-                .unwrap();
+            let adapter = RedisAdapter::start(config, metrics, inbox).await.unwrap();
             // `start` does not wait for Redis: the suite begins once the node hears itself.
             let mut health = adapter.health.clone();
             tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| h.ready))

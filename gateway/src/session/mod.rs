@@ -2,35 +2,70 @@
 //! It applies the Phoenix rules of reference §3 / checklist §10: heartbeats, joins (ok, refused,
 //! unmatched topic, too many channels, duplicate), leaves, events, join_ref filtering, replies
 //! before pushes, and a channel failure (error or panic) ending only that channel with
-//! `phx_error`. Transports feed it decoded messages and write what it queues on the outbox.
+//! `phx_error`.
+//!
+//! Transports only move bytes: they hand each complete client message to `on_message` (which
+//! decodes it, counts it, and answers a message it cannot take with the `Close` the transport
+//! maps to its medium) and write what the outbox holds, asking `render` for the few items that
+//! are not bytes yet (intercepted broadcasts).
 
-mod close;
-mod outbox;
+mod join;
 mod rate;
-mod registry;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
-use tracing::warn;
-
-pub use close::{Close, CloseCode};
-pub use outbox::{OutItem, Outbox, OutboxLimits, Pushed};
-pub use registry::{Clock, Registry, SessionHandle, TransportKind};
+use tracing::{debug, warn};
 
 use crate::auth::Claims;
-use crate::channel::{Channel, ChannelContext, Join, Reply, Terminate};
-use crate::hub::SubKind;
-use crate::node::Node;
+use crate::channel::{Channel, ChannelContext, Reply, Router, Terminate};
+use crate::cluster::Broadcast;
+use crate::hub::{Hub, SubKind};
+use crate::metrics::Metrics;
+use crate::outbox::OutItem;
+use crate::presence::Presence;
 use crate::protocol::{
-    Message, Outgoing, Payload, HEARTBEAT, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE,
+    Close, CloseCode, Message, Outgoing, Payload, Wire, HEARTBEAT, PHOENIX_TOPIC, PHX_CLOSE,
+    PHX_ERROR, PHX_JOIN, PHX_LEAVE,
 };
-use crate::pubsub::Broadcast;
-use crate::transport::Wire;
+use crate::registry::{Registry, SessionHandle};
 
-/// Longest topic accepted (binary frames carry it in one length byte).
-pub const MAX_TOPIC_LEN: usize = 255;
+/// The rules every session of a node enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Largest client message (WebSocket close 1009, long-poll 413).
+    pub max_message_size: usize,
+    /// Most channels joined at once.
+    pub max_channels: usize,
+    /// Messages per second (burst: one second's worth); 0 = no limit.
+    pub max_messages_per_sec: u32,
+}
+
+/// What every session of a node acts through: the core services, built once by the node.
+pub struct Core {
+    /// Topic index, fan-out, cluster broadcasts.
+    pub hub: Arc<Hub>,
+    /// Cluster-wide presence.
+    pub presence: Arc<Presence>,
+    /// Topic patterns → channels.
+    pub router: Router,
+    /// Every live session (drain, idle sweep) and the clock liveness is measured on.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Rules sessions enforce.
+    pub limits: SessionLimits,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("node_id", &self.hub.node_id())
+            .finish_non_exhaustive()
+    }
+}
 
 /// A joined channel of the session.
 struct Joined {
@@ -44,8 +79,8 @@ struct Joined {
 
 /// One client's protocol state.
 pub struct Session {
-    /// The node.
-    node: Arc<Node>,
+    /// The core services.
+    core: Arc<Core>,
     /// The part other tasks reach (outbox, liveness).
     handle: Arc<SessionHandle>,
     /// Wire format.
@@ -73,54 +108,27 @@ fn reason(text: &str) -> Payload {
     Payload::json(&serde_json::json!({ "reason": text }))
 }
 
-fn ctx<'a>(
-    node: &'a Arc<Node>,
-    session: &'a Arc<SessionHandle>,
-    wire: Wire,
-    claims: Option<&'a Claims>,
-    topic: &'a str,
-    join_ref: &'a str,
-    msg_ref: Option<&'a str>,
-) -> ChannelContext<'a> {
-    ChannelContext {
-        node,
-        session,
-        wire,
-        topic,
-        join_ref,
-        msg_ref,
-        claims,
-        held: None,
-        stop: false,
-    }
-}
-
 impl Session {
     /// Start a session: registers metrics and subscribes its id topic for forced disconnects.
     pub fn new(
-        node: Arc<Node>,
+        core: Arc<Core>,
         handle: Arc<SessionHandle>,
         wire: Wire,
         claims: Option<Box<Claims>>,
     ) -> Self {
-        node.metrics
-            .sessions
-            .with_label_values(&[handle.transport.as_str()])
-            .inc();
-        node.metrics
-            .connects
-            .with_label_values(&[handle.transport.as_str()])
-            .inc();
+        let transport = handle.transport.as_str();
+        core.metrics.sessions.with_label_values(&[transport]).inc();
+        core.metrics.connects.with_label_values(&[transport]).inc();
         let id_topic = claims
             .as_ref()
             .and_then(|c| c.session_id())
-            .map(|id| node.hub.subscribe(&id, &handle, SubKind::SessionId));
+            .map(|id| core.hub.subscribe(&id, &handle, SubKind::SessionId));
         let rate = rate::Rate::new(
-            node.config.max_messages_per_sec,
-            node.registry.clock.now_ms(),
+            core.limits.max_messages_per_sec,
+            core.registry.clock.now_ms(),
         );
         Session {
-            node,
+            core,
             handle,
             wire,
             claims,
@@ -130,9 +138,41 @@ impl Session {
         }
     }
 
-    /// The serializer this session speaks.
-    pub fn serializer(&self) -> crate::protocol::Serializer {
-        self.wire.serializer
+    /// The wire format this session speaks.
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// One complete client message, as the transport received it (`binary`: a WebSocket binary
+    /// frame, or a base64 long-poll line). `Err` closes the session with that code.
+    pub async fn on_message(&mut self, binary: bool, data: Bytes) -> Result<(), Close> {
+        let metrics = &self.core.metrics;
+        let kind = if binary { "binary" } else { "text" };
+        metrics.messages_in.with_label_values(&[kind]).inc();
+        if metrics.per_message {
+            metrics.bytes_in.inc_by(data.len() as u64);
+        }
+        if data.len() > self.core.limits.max_message_size {
+            return Err(Close::new(CloseCode::TOO_BIG, "message too big"));
+        }
+        match self.wire.serializer.decode(binary, data) {
+            // Boxed so an idle connection's future does not carry the handling's state.
+            Ok(msg) => Box::pin(self.handle(msg)).await,
+            Err(e) => {
+                debug!(error = %e, "undecodable message");
+                return Err(Close::new(CloseCode::BAD_MESSAGE, "malformed message"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes to write for an item taken from the outbox: a frame as it is; an intercepted
+    /// broadcast after its channel's `handle_out` (`None`: nothing for this client).
+    pub async fn render(&mut self, item: OutItem) -> Option<Bytes> {
+        match item {
+            OutItem::Frame(frame) => Some(frame),
+            OutItem::Intercept(msg) => Box::pin(self.intercept(msg)).await,
+        }
     }
 
     fn reply(&self, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, reply: &Reply) {
@@ -143,39 +183,60 @@ impl Session {
             status: &reply.status,
             payload: &reply.payload,
         };
-        self.node.send(&self.handle, self.wire, out);
+        self.core.hub.send(&self.handle, self.wire, out);
     }
 
     fn control(&self, join_ref: &str, topic: &str, event: &str, payload: &Payload) {
-        self.node.send(
-            &self.handle,
-            self.wire,
-            Outgoing::Control {
-                join_ref,
-                topic,
-                event,
-                payload,
-            },
-        );
+        let out = Outgoing::Control {
+            join_ref,
+            topic,
+            event,
+            payload,
+        };
+        self.core.hub.send(&self.handle, self.wire, out);
     }
 
     fn find(&self, topic: &str) -> Option<usize> {
         self.channels.iter().position(|c| &*c.topic == topic)
     }
 
-    /// Handle one client message.
-    pub async fn handle(&mut self, msg: Message) {
-        let per_sec = self.node.config.max_messages_per_sec;
-        match self.rate.check(per_sec, self.node.registry.clock.now_ms()) {
+    /// A context for a channel callback.
+    fn ctx<'a>(
+        core: &'a Core,
+        handle: &'a Arc<SessionHandle>,
+        wire: Wire,
+        claims: Option<&'a Claims>,
+        topic: &'a str,
+        join_ref: &'a str,
+        msg_ref: Option<&'a str>,
+    ) -> ChannelContext<'a> {
+        ChannelContext {
+            hub: &core.hub,
+            presence: &core.presence,
+            session: handle,
+            wire,
+            topic,
+            join_ref,
+            msg_ref,
+            claims,
+            held: None,
+            stop: false,
+        }
+    }
+
+    /// Handle one decoded client message.
+    async fn handle(&mut self, msg: Message) {
+        let per_sec = self.core.limits.max_messages_per_sec;
+        match self.rate.check(per_sec, self.core.registry.clock.now_ms()) {
             rate::Verdict::Allow => {}
             rate::Verdict::Refuse => {
-                self.node.metrics.rate_limited.inc();
+                self.core.metrics.rate_limited.inc();
                 let reply = Reply::error(reason("rate limited"));
                 let join_ref = msg.join_ref.as_deref();
                 return self.reply(join_ref, msg.msg_ref.as_deref(), &msg.topic, &reply);
             }
             rate::Verdict::Close => {
-                self.node.metrics.rate_limited.inc();
+                self.core.metrics.rate_limited.inc();
                 return self
                     .handle
                     .close(Close::new(CloseCode::RATE_LIMITED, "rate limited"));
@@ -194,130 +255,6 @@ impl Session {
             PHX_JOIN => self.join(msg).await,
             PHX_LEAVE => self.leave(msg).await,
             _ => self.event(msg).await,
-        }
-    }
-
-    async fn join(&mut self, msg: Message) {
-        let msg_ref = msg.msg_ref.as_deref();
-        let join_ref = msg.join_ref.as_deref().or(msg_ref).unwrap_or("");
-        if let Some(i) = self.find(&msg.topic) {
-            let old = self.channels.swap_remove(i);
-            self.end(old, Terminate::DuplicateJoin, Some(PHX_CLOSE))
-                .await;
-        }
-        let join_error = |this: &Self, jr: Option<&str>, why: &'static str, label: &str| {
-            this.node
-                .metrics
-                .join_errors
-                .with_label_values(&[label])
-                .inc();
-            this.reply(jr, msg_ref, &msg.topic, &Reply::error(reason(why)));
-        };
-        if msg.topic.len() > MAX_TOPIC_LEN {
-            return join_error(self, Some(join_ref), "topic too long", "invalid_topic");
-        }
-        let Some(factory) = self.node.router.route(&msg.topic) else {
-            // Phoenix answers an unmatched topic without a join_ref.
-            return join_error(self, None, "unmatched topic", "unmatched_topic");
-        };
-        if self.channels.len() >= self.node.config.max_channels {
-            return join_error(
-                self,
-                Some(join_ref),
-                "too many channels joined",
-                "too_many_channels",
-            );
-        }
-        let mut handler = factory(&msg.topic);
-        let mut cx = ctx(
-            &self.node,
-            &self.handle,
-            self.wire,
-            self.claims.as_deref(),
-            &msg.topic,
-            join_ref,
-            msg_ref,
-        );
-        cx.held = Some(Vec::new());
-        let outcome = AssertUnwindSafe(handler.join(&msg.topic, &msg.payload, &mut cx))
-            .catch_unwind()
-            .await;
-        let (held, stop) = (cx.held.take().unwrap_or_default(), cx.stop);
-        match outcome {
-            Ok(Ok(Join::Ok(response))) => {
-                // The reply is queued before subscribing, so no broadcast can overtake it, and
-                // pushes made during join follow it.
-                self.reply(Some(join_ref), msg_ref, &msg.topic, &Reply::ok(response));
-                let intercepts = handler.intercepts();
-                let intercepts = (!intercepts.is_empty())
-                    .then(|| intercepts.iter().map(|e| e.to_string()).collect());
-                // A presence channel on a topic new to this node first fetches the other
-                // nodes' shares (holding the topic's interest so their deltas arrive), so the
-                // state it answers with is complete.
-                let presence = handler.tracks_presence();
-                let hold = presence.then(|| self.node.hub.hold(&msg.topic)).flatten();
-                if hold.is_some() {
-                    crate::presence::tracker::sync_first(&self.node, &msg.topic).await;
-                }
-                // Pushes made during join, then the presence state, are queued under the
-                // topic's lock: they precede every broadcast and diff the subscription brings.
-                let (node, handle, wire) = (&self.node, &self.handle, self.wire);
-                let topic = node.hub.subscribe_with(
-                    &msg.topic,
-                    handle,
-                    SubKind::Channel { wire, intercepts },
-                    |topic| {
-                        for (event, payload) in held {
-                            let out = Outgoing::Push {
-                                join_ref: Some(join_ref),
-                                topic,
-                                event: &event,
-                                payload: &payload,
-                            };
-                            node.send(handle, wire, out);
-                        }
-                        if presence {
-                            let state = node.presence.state(topic);
-                            let out = Outgoing::Push {
-                                join_ref: Some(join_ref),
-                                topic,
-                                event: "presence_state",
-                                payload: &state,
-                            };
-                            node.send(handle, wire, out);
-                        }
-                    },
-                );
-                drop(hold);
-                self.node.metrics.joins.inc();
-                // Exact capacity: most sessions join one or two topics and stay idle.
-                self.channels.reserve_exact(1);
-                self.channels.push(Joined {
-                    topic,
-                    join_ref: join_ref.into(),
-                    handler,
-                });
-                if stop {
-                    let ch = self.channels.pop().expect("just pushed");
-                    self.end(ch, Terminate::Stop, Some(PHX_CLOSE)).await;
-                }
-            }
-            Ok(Ok(Join::Refuse(response))) => {
-                self.node
-                    .metrics
-                    .join_errors
-                    .with_label_values(&["refused"])
-                    .inc();
-                self.reply(Some(join_ref), msg_ref, &msg.topic, &Reply::error(response));
-            }
-            Ok(Err(e)) => {
-                warn!(topic = %msg.topic, error = %e, "channel join failed");
-                join_error(self, Some(join_ref), "join crashed", "crashed");
-            }
-            Err(_) => {
-                warn!(topic = %msg.topic, "channel join panicked");
-                join_error(self, Some(join_ref), "join crashed", "crashed");
-            }
         }
     }
 
@@ -361,20 +298,12 @@ impl Session {
         {
             return; // stale join_ref: the client talks to an instance that is gone
         }
-        let Session {
-            node,
-            handle,
-            wire,
-            claims,
-            channels,
-            ..
-        } = self;
-        let ch = &mut channels[i];
-        let mut cx = ctx(
-            node,
-            handle,
-            *wire,
-            claims.as_deref(),
+        let ch = &mut self.channels[i];
+        let mut cx = Self::ctx(
+            &self.core,
+            &self.handle,
+            self.wire,
+            self.claims.as_deref(),
             &ch.topic,
             &ch.join_ref,
             msg.msg_ref.as_deref(),
@@ -410,8 +339,8 @@ impl Session {
     fn crash(&mut self, i: usize) {
         let ch = self.channels.swap_remove(i);
         self.leave_topic(&ch.topic);
-        self.node.metrics.channel_crashes.inc();
-        self.node.metrics.leaves.inc();
+        self.core.metrics.channel_crashes.inc();
+        self.core.metrics.leaves.inc();
         self.control(
             &ch.join_ref,
             &ch.topic,
@@ -423,9 +352,9 @@ impl Session {
     /// End a channel: unsubscribe, run `terminate`, and optionally tell the client.
     async fn end(&mut self, mut ch: Joined, why: Terminate, notify: Option<&str>) {
         self.leave_topic(&ch.topic);
-        self.node.metrics.leaves.inc();
-        let mut cx = ctx(
-            &self.node,
+        self.core.metrics.leaves.inc();
+        let mut cx = Self::ctx(
+            &self.core,
             &self.handle,
             self.wire,
             self.claims.as_deref(),
@@ -447,29 +376,19 @@ impl Session {
 
     /// Stop receiving a channel's topic and drop this session's presences there.
     fn leave_topic(&self, topic: &str) {
-        self.node.hub.unsubscribe(topic, self.handle.key);
-        crate::presence::tracker::untrack_session(&self.node, topic, self.handle.key);
-        let watched = self.node.hub.subscribers(topic) > 0;
-        self.node.presence.forget_if_unwatched(topic, watched);
+        self.core.hub.unsubscribe(topic, self.handle.key);
+        self.core.presence.left(topic, self.handle.key);
     }
 
     /// Run `handle_out` for an intercepted broadcast; returns the frame to write, if any.
-    pub async fn intercept(&mut self, msg: Arc<Broadcast>) -> Option<bytes::Bytes> {
+    async fn intercept(&mut self, msg: Arc<Broadcast>) -> Option<Bytes> {
         let i = self.find(&msg.topic)?;
-        let Session {
-            node,
-            handle,
-            wire,
-            claims,
-            channels,
-            ..
-        } = self;
-        let ch = &mut channels[i];
-        let mut cx = ctx(
-            node,
-            handle,
-            *wire,
-            claims.as_deref(),
+        let ch = &mut self.channels[i];
+        let mut cx = Self::ctx(
+            &self.core,
+            &self.handle,
+            self.wire,
+            self.claims.as_deref(),
             &ch.topic,
             &ch.join_ref,
             None,
@@ -506,10 +425,10 @@ impl Session {
             self.end(ch, Terminate::SessionClosed, None).await;
         }
         if let Some(topic) = self.id_topic.take() {
-            self.node.hub.unsubscribe(&topic, self.handle.key);
+            self.core.hub.unsubscribe(&topic, self.handle.key);
         }
-        self.node.registry.remove(self.handle.key);
-        let m = &self.node.metrics;
+        self.core.registry.remove(self.handle.key);
+        let m = &self.core.metrics;
         m.sessions
             .with_label_values(&[self.handle.transport.as_str()])
             .dec();

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap};
 use tracing::debug;
 
 use crate::auth::Claims;
-use crate::node::Node;
+use crate::edge::Edge;
 use crate::protocol::{negotiate, Serializer};
 
 /// Query parameters the handshake uses. For repeated keys the last value wins (Plug semantics).
@@ -62,7 +62,7 @@ pub fn origin_allowed(allow: &[String], origin: Option<&str>) -> bool {
 
 /// Run the connect checks. `Err` carries the refusal reason (a metric label).
 pub fn authorize(
-    node: &Node,
+    edge: &Edge,
     query: Option<&str>,
     headers: &HeaderMap,
     carried_token: Option<&str>,
@@ -72,10 +72,10 @@ pub fn authorize(
     let origin = headers
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    if !origin_allowed(&node.config.check_origin, origin) {
+    if !origin_allowed(&edge.config.check_origin, origin) {
         return Err("origin");
     }
-    let claims = node
+    let claims = edge
         .auth
         .verify(carried_token.or(params.token.as_deref()))
         .map_err(|e| {

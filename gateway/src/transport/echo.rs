@@ -9,11 +9,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::websocket::codec::{encode_frame, OpCode};
 use super::websocket::{finish_upgrade, Conn, ConnLimits, Handler};
-use crate::node::Node;
-use crate::pubsub::Broadcast;
-use crate::session::{Close, OutItem, OutboxLimits, SessionHandle, TransportKind};
+use crate::edge::Edge;
+use crate::outbox::{OutItem, OutboxLimits};
+use crate::protocol::websocket::{encode_frame, OpCode};
+use crate::protocol::Close;
+use crate::registry::{SessionHandle, TransportKind};
 
 /// Echo limits: large enough for the Autobahn 9.* cases (16 MiB messages).
 const ECHO_LIMITS: ConnLimits = ConnLimits {
@@ -25,8 +26,8 @@ const ECHO_LIMITS: ConnLimits = ConnLimits {
 };
 
 /// `GET /ws-echo`.
-pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Response {
-    if !node.config.ws_echo {
+pub async fn handshake(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
+    if !edge.config.ws_echo {
         return StatusCode::NOT_FOUND.into_response();
     }
     let Ok((resp, fut)) = fastwebsockets::upgrade::upgrade(&mut req) else {
@@ -37,14 +38,14 @@ pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Respo
             return;
         };
         let _ = stream.set_nodelay(true);
-        let handle = node.registry.register(TransportKind::WebSocket);
+        let handle = edge.core.registry.register(TransportKind::WebSocket);
         let mut echo = Echo {
             handle: handle.clone(),
         };
-        Conn::new(stream, leftover, node.clone(), handle.clone(), ECHO_LIMITS)
+        Conn::new(stream, leftover, edge.clone(), handle.clone(), ECHO_LIMITS)
             .run(&mut echo)
             .await;
-        node.registry.remove(handle.key);
+        edge.core.registry.remove(handle.key);
     });
     resp.map(Body::new)
 }
@@ -54,15 +55,18 @@ struct Echo {
 }
 
 impl Handler for Echo {
-    async fn on_message(&mut self, text: bool, data: Bytes) -> Result<(), Close> {
-        let op = if text { OpCode::Text } else { OpCode::Binary };
+    async fn on_message(&mut self, binary: bool, data: Bytes) -> Result<(), Close> {
+        let op = if binary { OpCode::Binary } else { OpCode::Text };
         self.handle
             .outbox
             .push(OutItem::Frame(encode_frame(op, &data)), ECHO_LIMITS.outbox);
         Ok(())
     }
 
-    async fn on_intercept(&mut self, _msg: Arc<Broadcast>) -> Option<Bytes> {
-        None
+    async fn render(&mut self, item: OutItem) -> Option<Bytes> {
+        match item {
+            OutItem::Frame(frame) => Some(frame),
+            OutItem::Intercept(_) => None,
+        }
     }
 }

@@ -34,7 +34,7 @@ impl TestNode {
     /// presence, so tests see exactly the frames they assert (presence has its own tests).
     pub async fn start(mut config: Config) -> Self {
         if config.channels.is_empty() {
-            config.channels = vec![gateway::channel::ChannelSpec::public(
+            config.channels = vec![gateway::config::ChannelSpec::public(
                 "room:*",
                 &["new_msg", "shout"],
             )];

@@ -17,23 +17,25 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::codec::{
+use crate::edge::Edge;
+use crate::outbox::{OutItem, OutboxLimits};
+use crate::protocol::websocket::{
     encode_close, encode_frame, parse_close, parse_frame, Assembler, FrameError, OpCode,
 };
-use crate::node::Node;
-use crate::pubsub::Broadcast;
-use crate::session::{Close, CloseCode, OutItem, OutboxLimits, SessionHandle};
+use crate::protocol::{Close, CloseCode};
+use crate::registry::SessionHandle;
 
-/// What a transport hands complete messages to.
+/// What a connection hands complete messages to (a Session, or the echo).
 pub trait Handler: Send {
-    /// A complete text (`text == true`, valid UTF-8) or binary message.
+    /// A complete binary message (`binary`), or a text one (valid UTF-8).
     fn on_message(
         &mut self,
-        text: bool,
+        binary: bool,
         data: Bytes,
     ) -> impl Future<Output = Result<(), Close>> + Send;
-    /// An intercepted broadcast taken from the outbox; returns the frame to write in its place.
-    fn on_intercept(&mut self, msg: Arc<Broadcast>) -> impl Future<Output = Option<Bytes>> + Send;
+    /// The bytes to write for an outbox item that is not bytes yet (an intercepted broadcast);
+    /// `None` to write nothing for it.
+    fn render(&mut self, item: OutItem) -> impl Future<Output = Option<Bytes>> + Send;
 }
 
 /// Limits of one connection.
@@ -73,8 +75,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// One WebSocket connection.
 pub struct Conn {
     stream: TcpStream,
-    /// The node (metrics, clock).
-    node: Arc<Node>,
+    /// The node's edge (metrics, clock).
+    edge: Arc<Edge>,
     /// The session's outbox and liveness.
     session: Arc<SessionHandle>,
     limits: ConnLimits,
@@ -111,14 +113,14 @@ impl Conn {
     pub fn new(
         stream: TcpStream,
         leftover: Bytes,
-        node: Arc<Node>,
+        edge: Arc<Edge>,
         session: Arc<SessionHandle>,
         limits: ConnLimits,
     ) -> Self {
         let rbuf = (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..]));
         Conn {
             stream,
-            node,
+            edge,
             session,
             limits,
             rbuf,
@@ -219,11 +221,7 @@ impl Conn {
             .get_or_insert_with(|| BytesMut::with_capacity(4096));
         match self.stream.try_read_buf(buf) {
             Ok(0) => return Ok(Step::Eof),
-            Ok(n) => {
-                if self.node.metrics.per_message {
-                    self.node.metrics.bytes_in.inc_by(n as u64);
-                }
-            }
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if buf.is_empty() {
                     self.rbuf = None;
@@ -250,7 +248,7 @@ impl Conn {
                 }
                 Err(e) => return Step::Close(frame_close(e)),
             };
-            self.session.touch(&self.node.registry.clock);
+            self.session.touch(&self.edge.core.registry.clock);
             match frame.opcode {
                 OpCode::Ping => {
                     self.session.outbox.push(
@@ -272,16 +270,11 @@ impl Conn {
                 {
                     Ok(None) => {}
                     Ok(Some((op, data))) => {
-                        let text = op == OpCode::Text;
-                        if text && std::str::from_utf8(&data).is_err() {
+                        let binary = op == OpCode::Binary;
+                        if !binary && std::str::from_utf8(&data).is_err() {
                             return Step::Close(frame_close(FrameError::InvalidUtf8));
                         }
-                        self.node
-                            .metrics
-                            .messages_in
-                            .with_label_values(&[if text { "text" } else { "binary" }])
-                            .inc();
-                        if let Err(close) = handler.on_message(text, data).await {
+                        if let Err(close) = handler.on_message(binary, data).await {
                             return Step::Close(close);
                         }
                     }
@@ -324,9 +317,10 @@ impl Conn {
             }
             match self.stream.try_write_vectored(&iov[..n_iov]) {
                 Ok(n) => {
-                    if self.node.metrics.per_message {
-                        self.node.metrics.writes.inc();
-                        self.node.metrics.bytes_out.inc_by(n as u64);
+                    let metrics = self.edge.metrics();
+                    if metrics.per_message {
+                        metrics.writes.inc();
+                        metrics.bytes_out.inc_by(n as u64);
                     }
                     self.consume(n);
                 }
@@ -344,8 +338,8 @@ impl Conn {
         let mut i = 0;
         while i < self.pending.len().min(MAX_IOV) {
             if let OutItem::Intercept(msg) = &self.pending[i] {
-                let msg = msg.clone();
-                match handler.on_intercept(msg).await {
+                let item = OutItem::Intercept(msg.clone());
+                match handler.render(item).await {
                     Some(frame) => self.pending[i] = OutItem::Frame(frame),
                     None => {
                         self.pending.remove(i);
@@ -370,8 +364,8 @@ impl Conn {
             n -= left;
             self.offset = 0;
             self.pending.pop_front();
-            if self.node.metrics.per_message {
-                self.node.metrics.frames_out.inc();
+            if self.edge.metrics().per_message {
+                self.edge.metrics().frames_out.inc();
             }
         }
         if self.pending.is_empty() && self.pending.capacity() > 16 {

@@ -2,7 +2,6 @@
 //! Origin check, the phoenix.js `authToken` subprotocol, token verification — every refusal is an
 //! HTTP answer before the upgrade) and the glue from a connection to its Session.
 
-pub mod codec;
 mod conn;
 
 use std::sync::Arc;
@@ -20,11 +19,11 @@ use tracing::debug;
 pub use conn::{Conn, ConnLimits, Ended, Handler};
 
 use super::connect::authorize;
-use super::{Framing, Wire};
-use crate::node::Node;
-use crate::protocol::ProtocolError;
-use crate::pubsub::Broadcast;
-use crate::session::{Close, CloseCode, Session, TransportKind};
+use crate::edge::Edge;
+use crate::outbox::OutItem;
+use crate::protocol::{Close, Framing, Wire};
+use crate::registry::TransportKind;
+use crate::session::Session;
 
 /// Prefix of the subprotocol that carries phoenix.js's `authToken`.
 const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
@@ -49,11 +48,8 @@ fn auth_token(headers: &HeaderMap) -> (Option<String>, bool) {
     (token, phoenix)
 }
 
-fn refuse(node: &Node, status: StatusCode, reason: &'static str) -> Response {
-    node.metrics
-        .connect_refusals
-        .with_label_values(&[reason])
-        .inc();
+fn refuse(edge: &Edge, status: StatusCode, reason: &'static str) -> Response {
+    edge.refused(reason);
     debug!(reason, "websocket connect refused");
     let mut resp = status.into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -69,31 +65,31 @@ fn is_upgrade(req: &Request) -> bool {
 }
 
 /// `GET /socket/websocket`.
-pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+pub async fn handshake(State(edge): State<Arc<Edge>>, mut req: Request) -> Response {
     if !is_upgrade(&req) {
-        return refuse(&node, StatusCode::BAD_REQUEST, "not_upgrade");
+        return refuse(&edge, StatusCode::BAD_REQUEST, "not_upgrade");
     }
-    if node.is_draining() {
-        return refuse(&node, StatusCode::SERVICE_UNAVAILABLE, "draining");
+    if edge.is_draining() {
+        return refuse(&edge, StatusCode::SERVICE_UNAVAILABLE, "draining");
     }
     // Before the token check: refusing is cheap, verifying a signature is not.
-    if let Err(refusal) = node.admit(req.extensions().get()) {
+    if let Err(refusal) = edge.admit(req.extensions().get()) {
         debug!(reason = refusal.label(), "websocket connect refused");
         return refusal.response();
     }
     let (sub_token, offered_phoenix) = auth_token(req.headers());
     let (serializer, claims) = match authorize(
-        &node,
+        &edge,
         req.uri().query(),
         req.headers(),
         sub_token.as_deref(),
     ) {
         Ok(x) => x,
-        Err(reason) => return refuse(&node, StatusCode::FORBIDDEN, reason),
+        Err(reason) => return refuse(&edge, StatusCode::FORBIDDEN, reason),
     };
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
-        Err(_) => return refuse(&node, StatusCode::BAD_REQUEST, "handshake"),
+        Err(_) => return refuse(&edge, StatusCode::BAD_REQUEST, "handshake"),
     };
     let mut resp = resp.map(Body::new);
     if offered_phoenix {
@@ -112,10 +108,11 @@ pub async fn handshake(State(node): State<Arc<Node>>, mut req: Request) -> Respo
             // The long-lived session gets a task of its own holding only what it needs (this
             // task's captures and upgrade state are freed when it ends).
             let _ = stream.set_nodelay(true);
-            let handle = node.registry.register(TransportKind::WebSocket);
-            let session = Session::new(node.clone(), handle.clone(), wire, claims);
-            let conn = Conn::new(stream, leftover, node.clone(), handle, limits(&node));
-            tokio::spawn(run_session(conn, PhoenixHandler { session }));
+            let handle = edge.core.registry.register(TransportKind::WebSocket);
+            let session = Session::new(edge.core.clone(), handle.clone(), wire, claims);
+            let limits = limits(&edge);
+            let conn = Conn::new(stream, leftover, edge, handle, limits);
+            tokio::spawn(run_session(conn, session));
         }
     });
     resp
@@ -135,51 +132,26 @@ pub(crate) async fn finish_upgrade(
 }
 
 /// Connection limits of Phoenix sessions.
-fn limits(node: &Node) -> ConnLimits {
+fn limits(edge: &Edge) -> ConnLimits {
     ConnLimits {
-        max_message: node.config.max_message_size,
-        outbox: node.limits,
+        max_message: edge.config.max_message_size,
+        outbox: edge.outbox_limits(),
     }
 }
 
-async fn run_session(mut conn: Conn, mut handler: PhoenixHandler) {
-    let ended = conn.run(&mut handler).await;
+async fn run_session(mut conn: Conn, mut session: Session) {
+    let ended = conn.run(&mut session).await;
     drop(conn);
-    Box::pin(handler.session.close(ended.label())).await;
+    Box::pin(session.close(ended.label())).await;
 }
 
-/// Decodes WebSocket messages for a Session.
-struct PhoenixHandler {
-    session: Session,
-}
-
-impl Handler for PhoenixHandler {
-    async fn on_message(&mut self, text: bool, data: Bytes) -> Result<(), Close> {
-        let serializer = self.session.serializer();
-        let msg = if text {
-            serializer.decode_text(&data)
-        } else {
-            serializer.decode_binary(data)
-        };
-        match msg {
-            // Boxed so the idle connection's future does not carry the handler's state.
-            Ok(m) => Box::pin(self.session.handle(m)).await,
-            Err(ProtocolError::BinaryUnsupported) => {
-                return Err(Close::new(
-                    CloseCode::UNSUPPORTED_DATA,
-                    "binary frames need vsn 2.0.0",
-                ))
-            }
-            Err(e) => {
-                debug!(error = %e, "undecodable message");
-                return Err(Close::new(CloseCode::BAD_MESSAGE, "malformed message"));
-            }
-        }
-        Ok(())
+impl Handler for Session {
+    async fn on_message(&mut self, binary: bool, data: Bytes) -> Result<(), Close> {
+        Session::on_message(self, binary, data).await
     }
 
-    async fn on_intercept(&mut self, msg: Arc<Broadcast>) -> Option<Bytes> {
-        Box::pin(self.session.intercept(msg)).await
+    async fn render(&mut self, item: OutItem) -> Option<Bytes> {
+        Session::render(self, item).await
     }
 }
 

@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
-use super::close::{Close, CloseCode};
-use crate::pubsub::Broadcast;
+use crate::cluster::Broadcast;
+use crate::protocol::{Close, CloseCode};
 
 /// One queued item.
 #[derive(Debug)]

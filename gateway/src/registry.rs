@@ -1,5 +1,7 @@
 //! The Registry: every live session of this node, for the things that must reach all of them —
-//! the drain on shutdown and the shared idle sweep (one task instead of a timer per session).
+//! the drain on shutdown and the shared idle sweep (one task instead of a timer per session) —
+//! and the `SessionHandle`, the part of a session other tasks may touch (its outbox and
+//! liveness), with the coarse `Clock` liveness is measured on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -8,8 +10,8 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::close::Close;
-use super::outbox::Outbox;
+use crate::outbox::Outbox;
+use crate::protocol::Close;
 
 /// Which transport carries a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

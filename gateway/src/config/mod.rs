@@ -2,12 +2,16 @@
 //! (channel rules). Flags and environment variables are parsed by `cli` into this struct;
 //! tests build it directly.
 
+mod channels;
+
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::channel::ChannelSpec;
+pub use channels::{ChannelSpec, JoinPolicy};
+
+use crate::protocol::is_reserved_event;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -222,12 +226,11 @@ impl Config {
             ));
         }
         for spec in &self.channels {
-            let reserved = |e: &String| e.starts_with("phx_") || e.starts_with("presence_");
             if spec
                 .broadcast
                 .iter()
                 .chain(&spec.broadcast_from)
-                .any(reserved)
+                .any(|e| is_reserved_event(e))
             {
                 return Err(ConfigError::Invalid(
                     "broadcast events may not start with phx_ or presence_ (reserved)",
@@ -273,7 +276,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.channels.len(), 2);
-        assert_eq!(f.channels[1].join, crate::channel::JoinPolicy::Token);
+        assert_eq!(f.channels[1].join, JoinPolicy::Token);
         assert!(ConfigFile::parse("[[channels]]\npattern = 1").is_err());
         assert!(ConfigFile::parse("[[channels]]\npattern = \"a\"\nbogus = 1").is_err());
         assert!(ConfigFile::parse("[[channels]]\npattern = \"a\"\njoin = \"maybe\"").is_err());

@@ -1,4 +1,5 @@
-//! Close codes: every reason the gateway ends a WebSocket session, with the code the client sees.
+//! Close codes: every reason the gateway ends a session, with the code a WebSocket client sees
+//! (a long-poll client gets the HTTP status its transport maps the code to).
 //! The 4xxx range is the gateway's own; all of them make phoenix.js reconnect (never 1000 for a
 //! close the client should recover from: phoenix.js 1.7–1.8.15 would not reconnect).
 
@@ -13,8 +14,6 @@ impl CloseCode {
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
     /// RFC 6455 violation by the client (unmasked frame, reserved bits, bad control frame).
     pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
-    /// A frame type this session cannot take (binary on the V1 serializer).
-    pub const UNSUPPORTED_DATA: CloseCode = CloseCode(1003);
     /// Text frame (or close reason) that is not UTF-8.
     pub const INVALID_DATA: CloseCode = CloseCode(1007);
     /// Message larger than `max_message_size` (also across fragments).
@@ -28,7 +27,7 @@ impl CloseCode {
     /// The session's outbox overflowed: the client reads slower than it is sent to.
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4002);
     /// A message that does not decode with the session's serializer (bad JSON, wrong arity,
-    /// non-string refs, garbage binary frame).
+    /// non-string refs, garbage binary frame; on V1, any frame that is not a JSON message).
     pub const BAD_MESSAGE: CloseCode = CloseCode(4005);
     /// The session kept sending faster than `max_messages_per_sec` after being told so.
     pub const RATE_LIMITED: CloseCode = CloseCode(4029);
@@ -41,7 +40,6 @@ impl CloseCode {
             CloseCode::PROTOCOL_ERROR => "protocol_error",
             CloseCode::INVALID_DATA => "invalid_utf8",
             CloseCode::TOO_BIG => "too_big",
-            CloseCode::UNSUPPORTED_DATA => "unsupported_data",
             CloseCode::IDLE_TIMEOUT => "idle_timeout",
             CloseCode::SLOW_CONSUMER => "slow_consumer",
             CloseCode::BAD_MESSAGE => "bad_message",

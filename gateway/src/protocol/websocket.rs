@@ -1,4 +1,5 @@
-//! RFC 6455 frame codec for the server side: parsing client frames out of a byte buffer (with
+//! The RFC 6455 frame codec for the server side (bytes only; the connection driver in
+//! `transport::websocket` does the I/O): parsing client frames out of a byte buffer (with
 //! every check the RFC asks of a server) and building server frames as single `Bytes` so one
 //! encoded broadcast can be written to many sessions unchanged.
 //!
@@ -9,7 +10,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::session::CloseCode;
+use super::CloseCode;
 
 /// Frame opcodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
