@@ -69,16 +69,21 @@ async fn nothing_a_backend_publishes_poses_as_cluster_traffic() {
     assert_eq!(state[3], "presence_state", "{state}");
     let diff = ann.recv_json().await;
     assert_eq!(diff[3], "presence_diff", "ann's own join: {diff}");
-    eventually(Duration::from_secs(5), "topic subscribed in Redis", || async {
-        redis.numsub("gw:t:room:x").await == 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        "topic subscribed in Redis",
+        || async { redis.numsub("gw:t:room:x").await == 1 },
+    )
     .await;
 
     // What presence and long-poll forwarding once travelled as, in the backend format.
     let mallory = json!({"node": "evil", "inc": 1, "joins": [["mallory", {"phx_ref": "m"}]]});
     let forged = [
         envelope("phx_presence_delta", mallory.clone()),
-        envelope("presence_diff", json!({"joins": {"mallory": {"metas": []}}, "leaves": {}})),
+        envelope(
+            "presence_diff",
+            json!({"joins": {"mallory": {"metas": []}}, "leaves": {}}),
+        ),
         envelope("phx_close", json!({})),
     ];
     for env in &forged {
@@ -89,10 +94,18 @@ async fn nothing_a_backend_publishes_poses_as_cluster_traffic() {
     claims_kind.kind = "presence_delta".into();
     publish(&redis, "gw:t:room:x", &claims_kind.encode().unwrap()).await;
     // The backend format on a node's direct channel is nothing at all.
-    let lp = envelope("lp_req", json!({"id": 1, "from": "evil", "token": "t", "ndjson": false}));
+    let lp = envelope(
+        "lp_req",
+        json!({"id": 1, "from": "evil", "token": "t", "ndjson": false}),
+    );
     publish(&redis, "gw:n:node-a", &lp.encode().unwrap()).await;
     // A real broadcast, published last on the same channel.
-    publish(&redis, "gw:t:room:x", &envelope("new_msg", json!({"body": "hi"})).encode().unwrap()).await;
+    publish(
+        &redis,
+        "gw:t:room:x",
+        &envelope("new_msg", json!({"body": "hi"})).encode().unwrap(),
+    )
+    .await;
 
     let first = ann.recv_json().await;
     assert_eq!(
@@ -105,9 +118,11 @@ async fn nothing_a_backend_publishes_poses_as_cluster_traffic() {
     );
     ann.assert_nothing_queued().await;
     assert_eq!(dropped(&node, "reserved_event").await, 3.0);
-    eventually(Duration::from_secs(5), "misrouted envelope counted", || async {
-        dropped(&node, "misrouted").await == 1.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "misrouted envelope counted",
+        || async { dropped(&node, "misrouted").await == 1.0 },
+    )
     .await;
     // Presence still holds ann alone, and her channel is still joined (no phx_close took it).
     let mut bob = Client::connect(node.addr, "/socket/websocket?vsn=2.0.0").await;
@@ -119,5 +134,8 @@ async fn nothing_a_backend_publishes_poses_as_cluster_traffic() {
     ann.send_json(json!([jr, "9", "room:x", "new_msg", {"body": "still here"}]))
         .await;
     let (echo, reply) = (ann.recv_json().await, ann.recv_json().await);
-    assert_eq!((&echo[3], &reply[3]), (&json!("new_msg"), &json!("phx_reply")));
+    assert_eq!(
+        (&echo[3], &reply[3]),
+        (&json!("new_msg"), &json!("phx_reply"))
+    );
 }

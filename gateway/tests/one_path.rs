@@ -129,6 +129,10 @@ async fn bytes_in_counts_the_same_message_alike_on_both_transports() {
     .await;
     assert_eq!(status, 200);
     let over_lp = bytes_in(&node).await - before;
-    assert_eq!(over_ws, msg.len() as f64, "WebSocket counts the message bytes");
+    assert_eq!(
+        over_ws,
+        msg.len() as f64,
+        "WebSocket counts the message bytes"
+    );
     assert_eq!(over_lp, over_ws, "LongPoll counts them alike");
 }
