@@ -5,9 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{frame, jwt, now, Client, TestNode};
+use common::TestNode;
 use gateway::Config;
 use serde_json::json;
+use testkit::{frame, jwt, now, Client};
 
 async fn node() -> TestNode {
     TestNode::start(Config {
@@ -161,7 +162,7 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
         "phoenix, base64url.bearer.phx.{}",
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(&good)
     );
-    let (_, _) = common::upgrade(
+    let (_, _) = testkit::ws::upgrade(
         node.addr,
         "/socket/websocket?vsn=2.0.0",
         &[("Sec-WebSocket-Protocol", &proto)],

@@ -6,11 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
-use common::{eventually, jwt, now, Client, TestNode};
+use common::TestNode;
 use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::Config;
 use serde_json::json;
+use testkit::redis::{RedisCluster, RedisServer};
+use testkit::{eventually, jwt, metric_value, now, Client};
 
 fn config(redis: &RedisServer) -> Config {
     Config {
@@ -43,10 +44,7 @@ async fn ready(node: &TestNode) -> bool {
 }
 
 async fn metric(node: &TestNode, name: &str) -> f64 {
-    let (_, text) = node.http("GET", "/metrics", &[], "").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metric_value(&node.http("GET", "/metrics", &[], "").await.1, name)
 }
 
 /// Three nodes, all ready.
@@ -252,10 +250,7 @@ async fn a_killed_subscriber_connection_recovers_within_two_seconds() {
     let mut ca = client(&a, "1").await;
     let mut cb = client(&b, "2").await;
     join_all("room:kill", &a, &mut [&mut ca, &mut cb]).await;
-    assert!(redis
-        .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .await
-        .is_some());
+    assert!(redis.client_kill("pubsub").await > 0);
     let killed = Instant::now();
     let mut n = 0;
     loop {
@@ -280,14 +275,14 @@ async fn a_killed_subscriber_connection_recovers_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_sharded_mode_delivers_and_survives_a_slot_master_restart() {
-    let mut rc = common::redis::RedisCluster::start().await;
+    let mut rc = RedisCluster::start().await;
     let cfg = |urls: String| Config {
         redis_url: Some(urls),
         redis_cluster: true,
         ..Config::default()
     };
-    let a = TestNode::start(cfg(rc.urls())).await;
-    let b = TestNode::start(cfg(rc.urls())).await;
+    let a = TestNode::start(cfg(rc.urls().join(","))).await;
+    let b = TestNode::start(cfg(rc.urls().join(","))).await;
     for n in [&a, &b] {
         eventually(Duration::from_secs(20), "node ready", || ready(n)).await;
     }
@@ -295,7 +290,7 @@ async fn redis_cluster_sharded_mode_delivers_and_survives_a_slot_master_restart(
     let mut cb = b.ws().await;
     join_all("room:shard", &a, &mut [&mut ca, &mut cb]).await;
     // The topic's channel is `gw:t:{room:shard}`: its slot is that of the hash tag.
-    let owner = rc.owner_of("room:shard").await;
+    let owner = rc.owner_of_key("room:shard").await;
     rc.nodes[owner].kill();
     rc.nodes[owner].restart().await;
     rc.wait_ok().await;

@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{jwt, now, Client, TestNode};
+use common::TestNode;
 use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::pubsub::local::LocalBus;
 use gateway::{Config, Gateway};
 use serde_json::json;
+use testkit::{jwt, now, Client};
 
 #[tokio::test]
 async fn forced_disconnect_closes_every_session_of_that_id_with_1001() {
@@ -139,7 +140,7 @@ async fn health_readiness_and_metrics_during_a_drain() {
         c = second.expect_close() => c,
     };
     assert_eq!(closed, Some(1012));
-    let (status, body) = common::http(addr, "GET", "/readyz", &[], "").await;
+    let (status, body) = testkit::http(addr, "GET", "/readyz", &[], "").await;
     assert_eq!((status, body.as_str()), (503, "draining"));
     assert_eq!(
         Client::connect_with(addr, "/socket/websocket?vsn=2.0.0", &[])
@@ -147,7 +148,7 @@ async fn health_readiness_and_metrics_during_a_drain() {
             .err(),
         Some(503)
     );
-    let (_, metrics) = common::http(addr, "GET", "/metrics", &[], "").await;
+    let (_, metrics) = testkit::http(addr, "GET", "/metrics", &[], "").await;
     assert!(metrics.contains("gateway_draining 1"), "{metrics}");
     task.await.unwrap().unwrap();
 }

@@ -8,11 +8,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{eventually, http_full, metric_value, Client, Frame, TestNode, WAIT};
+use common::TestNode;
 use gateway::Config;
 use serde_json::{json, Value};
+use testkit::{eventually, http_full, metric_value, Client, Frame, LongPoll, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 
 const WS: &str = "/socket/websocket?vsn=2.0.0";
 const LP: &str = "/socket/longpoll?vsn=2.0.0";
@@ -21,27 +21,12 @@ async fn metrics(node: &TestNode) -> String {
     node.http("GET", "/metrics", &[], "").await.1
 }
 
-/// A WebSocket handshake from source address `from`: the HTTP status it gets.
+/// The HTTP status a WebSocket handshake from source address `from` gets (101: upgraded).
 async fn upgrade_from(from: &str, to: SocketAddr) -> u16 {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut s = socket.connect(to).await.unwrap();
-    let req = format!(
-        "GET {WS} HTTP/1.1\r\nHost: {to}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(WAIT, s.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "closed during the handshake");
-        head.push(b[0]);
+    match testkit::ws::upgrade_from(Some(from.parse().unwrap()), to, WS, &[]).await {
+        Ok(_) => 101,
+        Err(status) => status,
     }
-    let head = String::from_utf8(head).unwrap();
-    head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// A session that still joins and gets a broadcast.
@@ -133,7 +118,7 @@ async fn a_message_flood_gets_error_replies_then_close_4029() {
     let mut burst = Vec::new();
     for i in 0..40 {
         let text = json!([null, i.to_string(), "phoenix", "heartbeat", {}]).to_string();
-        burst.extend(common::frame(0x81, text.as_bytes(), true));
+        burst.extend(testkit::frame(0x81, text.as_bytes(), true));
     }
     flood.send_raw(&burst).await;
     let (mut ok, mut limited) = (0, 0);
@@ -168,11 +153,10 @@ async fn a_message_flood_gets_error_replies_then_close_4029() {
 
 /// Open a long-poll session: its token.
 async fn lp_open(node: &TestNode) -> String {
-    let (status, body) = node.http("GET", LP, &[], "").await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["status"], 410, "{v}");
-    v["token"].as_str().unwrap().to_owned()
+    LongPoll::open(node.addr, "", &[])
+        .await
+        .expect("long-poll open refused")
+        .token
 }
 
 #[tokio::test]
@@ -269,7 +253,7 @@ async fn the_binary_caps_sessions_below_its_open_files_limit() {
     let Ok(hard) = hard.parse::<u64>() else {
         panic!("this test needs a finite open-files limit, not {hard:?}");
     };
-    let gw = common::LoggedGateway::start(&[], &[]).await;
+    let gw = common::gateway_on_free_port(&[], &[]).start().await;
     let want = format!("max_sessions={}", hard - 256);
     let out = gw.output();
     assert!(
@@ -278,7 +262,9 @@ async fn the_binary_caps_sessions_below_its_open_files_limit() {
         "{want} not logged:\n{out}"
     );
     // An explicit --max-sessions is taken as given (here: none).
-    let gw = common::LoggedGateway::start(&["--max-sessions", "0"], &[]).await;
+    let gw = common::gateway_on_free_port(&["--max-sessions", "0"], &[])
+        .start()
+        .await;
     assert!(!gw
         .output()
         .contains("session cap from the open-files limit"));

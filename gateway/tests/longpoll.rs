@@ -7,10 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{http_full, jwt, now, Frame, TestNode};
+use common::TestNode;
 use gateway::pubsub::local::LocalBus;
 use gateway::{Config, Gateway};
 use serde_json::{json, Value};
+use testkit::{http_full, jwt, now, Frame, LongPoll};
 
 fn config() -> Config {
     Config {
@@ -20,94 +21,31 @@ fn config() -> Config {
     }
 }
 
-struct Lp {
-    addr: std::net::SocketAddr,
-    token: String,
-}
-
-impl Lp {
-    async fn open(node: &TestNode) -> Lp {
-        let (status, head, body) =
-            http_full(node.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[], "").await;
-        assert_eq!(status, 200);
-        assert!(head.contains("content-type: application/json"), "{head}");
-        assert!(
-            head.contains("cache-control: no-store")
-                && head.contains("access-control-allow-origin: *"),
-            "{head}"
-        );
-        let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(
-            (v["status"].as_u64(), v["messages"].clone()),
-            (Some(410), json!([])),
-            "{body}"
-        );
-        Lp {
-            addr: node.addr,
-            token: v["token"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    fn path(&self) -> String {
-        format!(
-            "/socket/longpoll?vsn=2.0.0&token={}",
-            urlencode(&self.token)
-        )
-    }
-
-    async fn get_via(&self, addr: std::net::SocketAddr) -> Value {
-        let (status, _, body) = http_full(addr, "GET", &self.path(), &[], "").await;
-        assert_eq!(status, 200, "long-poll answers are always HTTP 200");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    async fn get(&self) -> Value {
-        self.get_via(self.addr).await
-    }
-
-    async fn post_via(&self, addr: std::net::SocketAddr, lines: &[String]) -> Value {
-        let body = lines.join("\n");
-        let (status, _, text) = http_full(
-            addr,
-            "POST",
-            &self.path(),
-            &[("Content-Type", "application/x-ndjson")],
-            &body,
-        )
-        .await;
-        assert_eq!(status, 200);
-        serde_json::from_str(&text).unwrap()
-    }
-
-    async fn post(&self, lines: &[String]) -> Value {
-        self.post_via(self.addr, lines).await
-    }
-
-    /// GET until `n` messages arrived; returns them decoded.
-    async fn messages(&self, n: usize) -> Vec<Value> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let v = self.get().await;
-            assert!(v["status"] == 200 || v["status"] == 204, "{v}");
-            assert_eq!(v["token"], self.token);
-            for m in v["messages"].as_array().unwrap() {
-                out.push(serde_json::from_str(m.as_str().unwrap()).unwrap());
-            }
-        }
-        out
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+/// Open a long-poll session on `node`, checking the answer's headers and body.
+async fn open(node: &TestNode) -> LongPoll {
+    let (status, head, body) =
+        http_full(node.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(
+        head.contains("cache-control: no-store") && head.contains("access-control-allow-origin: *"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["status"].as_u64(), v["messages"].clone()),
+        (Some(410), json!([])),
+        "{body}"
+    );
+    LongPoll::with_token(node.addr, v["token"].as_str().unwrap())
 }
 
 #[tokio::test]
 async fn open_join_push_poll_and_window() {
     let node = TestNode::start(config()).await;
-    let lp = Lp::open(&node).await;
+    let mut lp = open(&node).await;
     assert_eq!(
-        lp.post(&[json!(["1", "1", "room:lp", "phx_join", {}]).to_string()])
+        lp.post(&[json!(["1", "1", "room:lp", "phx_join", {}])])
             .await,
         json!({"status": 200})
     );
@@ -118,8 +56,8 @@ async fn open_join_push_poll_and_window() {
     // Two frames in one POST are handled in order; replies wait for the next GET.
     let post = lp
         .post(&[
-            json!(["1", "2", "room:lp", "new_msg", {"a": 1}]).to_string(),
-            json!(["1", "3", "room:lp", "nope", {}]).to_string(),
+            json!(["1", "2", "room:lp", "new_msg", {"a": 1}]),
+            json!(["1", "3", "room:lp", "nope", {}]),
         ])
         .await;
     assert_eq!(
@@ -139,7 +77,7 @@ async fn open_join_push_poll_and_window() {
     );
     // Nothing queued: the poll is held for the window, then 204 with the token.
     let start = Instant::now();
-    let v = lp.get().await;
+    let v = lp.poll().await;
     assert_eq!(
         (
             v["status"].clone(),
@@ -199,13 +137,13 @@ async fn cors_methods_and_token_sources() {
             .0,
         400
     );
-    let lp = Lp::open(&node).await;
+    let lp = open(&node).await;
     // The session token may come in the header, or as the *last* `token` query value (an app's
     // own `token` param comes first).
     let join = json!(["1", "1", "room:t", "phx_join", {}]).to_string();
     let path = format!(
         "/socket/longpoll?token=app-user-token&vsn=2.0.0&token={}",
-        urlencode(&lp.token)
+        testkit::longpoll::urlencode(&lp.token)
     );
     let (_, _, body) = http_full(
         node.addr,
@@ -232,7 +170,10 @@ async fn cors_methods_and_token_sources() {
     let (_, _, body) = http_full(
         node.addr,
         "POST",
-        &format!("/socket/longpoll?token={}", urlencode(&forged)),
+        &format!(
+            "/socket/longpoll?token={}",
+            testkit::longpoll::urlencode(&forged)
+        ),
         &[],
         &join,
     )
@@ -267,13 +208,13 @@ async fn auth_token_header_and_jwt_mode() {
 #[tokio::test]
 async fn ndjson_limits_binary_lines_and_bad_input() {
     let node = TestNode::start(config()).await;
-    let lp = Lp::open(&node).await;
-    lp.post(&[json!(["1", "1", "room:b", "phx_join", {}]).to_string()])
+    let mut lp = open(&node).await;
+    lp.post(&[json!(["1", "1", "room:b", "phx_join", {}])])
         .await;
     lp.messages(1).await;
     // 101 heartbeats in one POST: only the first 100 are handled.
-    let beats: Vec<String> = (0..101)
-        .map(|i| json!([null, format!("h{i}"), "phoenix", "heartbeat", {}]).to_string())
+    let beats: Vec<Value> = (0..101)
+        .map(|i| json!([null, format!("h{i}"), "phoenix", "heartbeat", {}]))
         .collect();
     assert_eq!(lp.post(&beats).await, json!({"status": 200}));
     let replies = lp.messages(100).await;
@@ -286,17 +227,21 @@ async fn ndjson_limits_binary_lines_and_bad_input() {
     push.extend_from_slice(b"12room:bnew_msg");
     push.extend_from_slice(&[0xde, 0xad]);
     let line = base64::engine::general_purpose::STANDARD.encode(&push);
-    assert_eq!(lp.post(&[line]).await, json!({"status": 200}));
+    assert_eq!(
+        lp.post_lines(lp.addr, &[line], &[]).await,
+        json!({"status": 200})
+    );
     let mut expected = vec![2u8, 6, 7];
     expected.extend_from_slice(b"room:bnew_msg");
     expected.extend_from_slice(&[0xde, 0xad]);
     assert_eq!(ws.recv().await, Some(Frame::Binary(expected)));
     // A line that is neither JSON nor base64 ends the session.
     assert_eq!(
-        lp.post(&["%%% not a frame".to_string()]).await,
+        lp.post_lines(lp.addr, &["%%% not a frame".to_string()], &[])
+            .await,
         json!({"status": 400})
     );
-    assert_eq!(lp.get().await, json!({"status": 410}));
+    assert_eq!(lp.poll().await, json!({"status": 410}));
 }
 
 #[tokio::test]
@@ -319,14 +264,11 @@ async fn sessions_expire_without_polls_and_forced_disconnect_ends_them() {
             )
             .await;
             let v: Value = serde_json::from_str(&body).unwrap();
-            Lp {
-                addr,
-                token: v["token"].as_str().unwrap().to_owned(),
-            }
+            LongPoll::with_token(addr, v["token"].as_str().unwrap())
         }
     };
-    let lp = open(token.clone()).await;
-    lp.post(&[json!(["1", "1", "room:e", "phx_join", {}]).to_string()])
+    let mut lp = open(token.clone()).await;
+    lp.post(&[json!(["1", "1", "room:e", "phx_join", {}])])
         .await;
     lp.messages(1).await;
     // Forced disconnect: the next poll learns the session is gone.
@@ -337,10 +279,10 @@ async fn sessions_expire_without_polls_and_forced_disconnect_ends_them() {
         &json!({"id": "user_socket:77"}).to_string(),
     )
     .await;
-    assert_eq!(lp.get().await, json!({"status": 410}));
+    assert_eq!(lp.poll().await, json!({"status": 410}));
     // Expiry: no poll for longer than the expiry ends the session and its channels.
     let lp = open(token).await;
-    lp.post(&[json!(["1", "1", "room:e", "phx_join", {}]).to_string()])
+    lp.post(&[json!(["1", "1", "room:e", "phx_join", {}])])
         .await;
     let start = Instant::now();
     loop {
@@ -359,7 +301,7 @@ async fn sessions_expire_without_polls_and_forced_disconnect_ends_them() {
         "expired too early: {:?}",
         start.elapsed()
     );
-    assert_eq!(lp.get().await, json!({"status": 410}));
+    assert_eq!(lp.poll().await, json!({"status": 410}));
 }
 
 #[tokio::test]
@@ -367,17 +309,18 @@ async fn requests_reach_the_owner_from_any_node_and_a_dead_owner_is_410() {
     let bus = LocalBus::new();
     let mut a = TestNode::start_gateway(Gateway::new(config()).local_bus(&bus)).await;
     let b = TestNode::start_gateway(Gateway::new(config()).local_bus(&bus)).await;
-    let lp = Lp::open(&a).await;
+    let lp = open(&a).await;
     // Join through B, read the reply through B, push through A, read through B.
     assert_eq!(
-        lp.post_via(
+        lp.post_lines(
             b.addr,
-            &[json!(["1", "1", "room:f", "phx_join", {}]).to_string()]
+            &[json!(["1", "1", "room:f", "phx_join", {}]).to_string()],
+            &[]
         )
         .await,
         json!({"status": 200})
     );
-    let v = lp.get_via(b.addr).await;
+    let v = lp.poll_with(b.addr, &[]).await;
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["token"], lp.token);
     assert_eq!(
@@ -387,21 +330,22 @@ async fn requests_reach_the_owner_from_any_node_and_a_dead_owner_is_410() {
         Some(json!(["1", "1", "room:f", "phx_reply", {"status": "ok", "response": {}}]))
     );
     assert_eq!(
-        lp.post_via(
+        lp.post_lines(
             a.addr,
-            &[json!(["1", "2", "room:f", "new_msg", {"x": 1}]).to_string()]
+            &[json!(["1", "2", "room:f", "new_msg", {"x": 1}]).to_string()],
+            &[]
         )
         .await,
         json!({"status": 200})
     );
-    let v = lp.get_via(b.addr).await;
+    let v = lp.poll_with(b.addr, &[]).await;
     assert_eq!(v["messages"].as_array().unwrap().len(), 2, "{v}");
     // The owner goes away: B answers 410 (after the acknowledgement timeout), never hangs.
     let task = a.begin_shutdown();
     task.await.unwrap().unwrap();
     drop(a);
     let start = Instant::now();
-    assert_eq!(lp.get_via(b.addr).await, json!({"status": 410}));
+    assert_eq!(lp.poll_with(b.addr, &[]).await, json!({"status": 410}));
     assert!(start.elapsed() < Duration::from_secs(4));
 }
 
@@ -412,7 +356,7 @@ async fn an_abandoned_held_poll_does_not_keep_the_session_alive() {
         ..config()
     })
     .await;
-    let lp = Lp::open(&node).await;
+    let lp = open(&node).await;
     // A poll is held (nothing queued), then the client goes away mid-wait.
     let held = tokio::spawn({
         let (addr, path) = (lp.addr, lp.path());

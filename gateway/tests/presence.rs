@@ -7,10 +7,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{Client, TestNode};
+use common::TestNode;
 use gateway::pubsub::local::LocalBus;
 use gateway::{Config, Gateway};
 use serde_json::{json, Value};
+use testkit::Client;
 
 fn config() -> Config {
     Config {

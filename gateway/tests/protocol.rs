@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use common::{Client, Frame, TestNode};
+use common::TestNode;
 use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::{
     Channel, ChannelContext, ChannelError, Config, Gateway, Join, Payload, Reply, Terminate,
 };
 use serde_json::{json, Value};
+use testkit::{Client, Frame};
 
 /// Counts `terminate` calls and lets a test await them.
 #[derive(Default)]
@@ -27,7 +28,7 @@ impl Terminations {
     }
 
     async fn wait_for(&self, n: usize) {
-        tokio::time::timeout(common::WAIT, async {
+        tokio::time::timeout(testkit::WAIT, async {
             loop {
                 let notified = self.notify.notified();
                 if self.count.load(Ordering::SeqCst) >= n {
@@ -425,7 +426,7 @@ async fn closing_the_connection_terminates_its_channels() {
     c.recv_json().await;
     c.join("test:c2", json!({})).await;
     c.recv_json().await;
-    c.send_raw(&common::frame(0x88, &1000u16.to_be_bytes(), true))
+    c.send_raw(&testkit::frame(0x88, &1000u16.to_be_bytes(), true))
         .await;
     assert_eq!(c.expect_close().await, Some(1000));
     terminated.wait_for(2).await;
@@ -486,6 +487,6 @@ async fn binary_push_is_broadcast_as_a_binary_frame() {
 async fn server_pings_get_pongs_and_client_pings_are_answered() {
     let (node, _) = node().await;
     let mut c = node.ws().await;
-    c.send_raw(&common::frame(0x89, b"ping!", true)).await;
+    c.send_raw(&testkit::frame(0x89, b"ping!", true)).await;
     assert_eq!(c.recv().await, Some(Frame::Pong(b"ping!".to_vec())));
 }

@@ -22,7 +22,11 @@ pub fn jwt(secret: &str, claims: Value) -> String {
 /// `header.payload.HMAC-SHA256(secret)` over arbitrary header and payload text (a non-JSON
 /// payload, a header that is not JSON).
 pub fn jwt_raw(secret: &[u8], header: &str, payload: &str) -> String {
-    let input = format!("{}.{}", b64url(header.as_bytes()), b64url(payload.as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(payload.as_bytes())
+    );
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
     mac.update(input.as_bytes());
     format!("{input}.{}", b64url(&mac.finalize().into_bytes()))

@@ -46,7 +46,8 @@ impl LongPoll {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<LongPoll, u16> {
-        let (status, _, body) = http_full(addr, "GET", &format!("{PATH}{query}"), headers, "").await;
+        let (status, _, body) =
+            http_full(addr, "GET", &format!("{PATH}{query}"), headers, "").await;
         assert_eq!(status, 200, "long-poll answers are HTTP 200: {body}");
         let v: Value = serde_json::from_str(&body).expect("long-poll answers are JSON");
         match (v["status"].as_u64(), v["token"].as_str()) {
@@ -120,12 +121,14 @@ impl LongPoll {
         self.inbox.pop_front().expect("not empty")
     }
 
-    /// The next `n` frames.
+    /// Polls until at least `n` frames have arrived; returns every frame those polls brought
+    /// (so a test sees when more came than it expected).
     pub async fn messages(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
+        while out.len() < n {
             out.push(self.recv().await);
         }
+        out.extend(self.inbox.drain(..));
         out
     }
 

@@ -137,7 +137,11 @@ impl Spawn {
                 tokio::spawn(async move {
                     let mut reader = tokio::io::BufReader::new(stream);
                     let mut line = Vec::new();
-                    while reader.read_until(b'\n', &mut line).await.is_ok_and(|n| n > 0) {
+                    while reader
+                        .read_until(b'\n', &mut line)
+                        .await
+                        .is_ok_and(|n| n > 0)
+                    {
                         let text = String::from_utf8_lossy(&line).trim_end().to_string();
                         line.clear();
                         let n = {

@@ -252,6 +252,12 @@ impl RedisServer {
         assert_eq!(ok, "OK");
     }
 
+    /// `CLIENT KILL TYPE <kind>` (e.g. `pubsub`): how many connections the server dropped.
+    pub async fn client_kill(&self, kind: &str) -> u64 {
+        self.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind))
+            .await
+    }
+
     /// `PUBSUB NUMSUB channel`: the number of subscriber connections.
     pub async fn numsub(&self, channel: &str) -> u64 {
         let (_, n): (String, u64) = self
