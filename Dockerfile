@@ -7,7 +7,7 @@
 #
 # Every flag has a GATEWAY_* environment variable (`gateway --help`); docker-compose.yml and
 # deploy/k8s set them. Checked offline by `hadolint --failure-threshold error Dockerfile`
-# (gateway/tests/deploy.rs).
+# (gateway/tests/deploy/files.rs).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm

@@ -8,8 +8,10 @@
 //! Node fails. A missing tool is an error that names `.ci/setup`, never a silent skip.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::process::wait_with_timeout;
 
 /// Upper bound for the whole browser run; it takes seconds, so hitting this means a hang.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -28,33 +30,6 @@ fn artifacts_dir() -> PathBuf {
         .unwrap_or(tmp)
         .join("test-artifacts")
         .join("browser")
-}
-
-/// Waits for `child` up to `timeout`; on timeout it is terminated and `None` returned.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            Ok(None) | Err(_) => {
-                // SIGTERM first so the test files' handlers can stop their gateways and browsers.
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let grace = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < grace {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
 }
 
 #[test]

@@ -8,8 +8,10 @@
 //! machine that was not set up cannot pass silently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::process::wait_with_timeout;
 
 /// Upper bound for the whole Node run; the suite takes well under a minute, so hitting this
 /// means something hangs and the run must be stopped rather than block CI.
@@ -19,33 +21,6 @@ fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("js")
-}
-
-/// Waits for `child` up to `timeout`; on timeout it is terminated and `None` returned.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            Ok(None) | Err(_) => {
-                // SIGTERM first so the test files' handlers can kill their gateways.
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let grace = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < grace {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
 }
 
 #[test]

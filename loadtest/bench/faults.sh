@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# §11: the long fault suite and the reconnect storm. Runs gateway/tests/faults.rs (the short
+# §11: the long fault suite and the reconnect storm. Runs gateway/tests/faults/ (the short
 # version runs in `cargo test --workspace`) in release with more clients and longer faults:
 #   * every fault test with FAULTS_CLIENTS clients per node, Redis paused FAULTS_PAUSE_MS,
 #     cut off (network namespace black hole) FAULTS_CUT_SECS and killed FAULTS_KILL_SECS;
@@ -39,7 +39,7 @@ run long FAULTS_CLIENTS=50 FAULTS_PAUSE_MS=15000 FAULTS_CUT_SECS=30 FAULTS_KILL_
 
 # 2. The storm with the nodes' defaults.
 for i in $(seq "$RUNS"); do
-  run "storm-default-$i" FAULTS_STORM_SESSIONS="$STORM" -- --exact reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing
+  run "storm-default-$i" FAULTS_STORM_SESSIONS="$STORM" -- --exact reconnect_storm::reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing
 done
 
 # 3. The storm with admission limits on the survivors, if this binary has them.
@@ -47,7 +47,7 @@ ADMISSION="--max-sessions 9000 --connect-rate-per-ip 250"
 if "$ROOT/target/release/gateway" --help | grep -q -- '--connect-rate-per-ip'; then
   for i in $(seq "$RUNS"); do
     run "storm-admission-$i" FAULTS_STORM_SESSIONS="$STORM" FAULTS_STORM_SOURCES=16 \
-      "FAULTS_STORM_SURVIVOR_ARGS=$ADMISSION" -- --exact reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing
+      "FAULTS_STORM_SURVIVOR_ARGS=$ADMISSION" -- --exact reconnect_storm::reconnect_storm_after_a_node_loss_rejoins_everyone_and_leaks_nothing
   done
 else
   echo "(no admission flags in this gateway: storm with limits skipped)" | tee -a "$OUT/summary.txt"

@@ -353,19 +353,11 @@ async fn held_sessions_heartbeat_and_get_replies() {
     assert_eq!(r["capacity"]["loaded"]["sessions"].as_f64(), Some(50.0));
 }
 
-/// `gateway_sessions` of the node behind `url`, read from its `/metrics`.
+/// `gateway_sessions` (every transport) of the node behind `url`, read from its `/metrics`.
 async fn server_sessions(url: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body.lines()
-        .filter(|l| l.starts_with("gateway_sessions"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let (_, text) = testkit::http(addr, "GET", "/metrics", &[], "").await;
+    testkit::metric_sum(&text, "gateway_sessions")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,14 +378,12 @@ async fn failover_rejoins_sessions_of_a_drained_node_on_the_other() {
         "recovery>10s",
     ])));
     // Session i starts on node i mod 2: wait (bounded) until node A holds its 50.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while server_sessions(&a.url).await < 50.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node A never got its sessions"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::eventually(
+        Duration::from_secs(30),
+        "node A holding its sessions",
+        || async { server_sessions(&a.url).await >= 50.0 },
+    )
+    .await;
     // Drain node A: its sessions are closed with 1012 and must re-join on node B.
     let _ = a.stop.take().unwrap().send(());
     let (code, r) = run.await.unwrap();

@@ -7,8 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pubsub_redis::{channels, Config, Incoming, RedisPubSub};
-use support::cluster::RedisCluster;
-use support::{eventually, init_tracing, node, recv, wait_health};
+use support::{init_tracing, node, recv, wait_health};
+use testkit::eventually;
+use testkit::redis::RedisCluster;
 use tokio::sync::mpsc;
 
 fn cluster_config(cluster: &RedisCluster, id: &str) -> Config {
@@ -56,11 +57,11 @@ async fn sharded_delivery_survives_slot_master_restart() {
     b.subscribe("room:1");
     let channel = b.topic_channel("room:1");
     assert_eq!(channel, "gw:t:{room:1}");
-    let owner = cluster.owner_of(channels::slot(&channel)).await;
+    let owner = cluster.owner_of_slot(channels::slot(&channel)).await;
     eventually(
         Duration::from_secs(3),
         "both nodes on the topic's shard",
-        || async { (shard_numsub(&cluster, owner, &channel).await == 2).then_some(()) },
+        || async { shard_numsub(&cluster, owner, &channel).await == 2 },
     )
     .await;
 

@@ -7,8 +7,9 @@ mod support;
 use std::time::Duration;
 
 use pubsub_redis::{Envelope, Error, Incoming, RedisPubSub};
-use support::server::RedisServer;
-use support::{config, eventually, init_tracing, node, numsub, recv};
+use support::{config, init_tracing, node, recv};
+use testkit::eventually;
+use testkit::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(2);
 const QUIET: Duration = Duration::from_millis(300);
@@ -22,7 +23,7 @@ fn topic_of(msg: Option<Incoming>) -> Envelope {
 
 async fn wait_numsub(redis: &RedisServer, channel: &str, want: u64) {
     eventually(WAIT, &format!("NUMSUB {channel} == {want}"), || async {
-        (numsub(redis, channel).await == want).then_some(())
+        redis.numsub(channel).await == want
     })
     .await
 }
@@ -109,7 +110,7 @@ async fn unsubscribe_stops_delivery_and_subscribe_is_idempotent() {
         let chans: Vec<String> = redis
             .query(redis::cmd("PUBSUB").arg("CHANNELS").arg("gw:t:bulk:*"))
             .await;
-        (chans.len() == 1500).then_some(())
+        chans.len() == 1500
     })
     .await;
     for t in &topics {
@@ -119,7 +120,7 @@ async fn unsubscribe_stops_delivery_and_subscribe_is_idempotent() {
         let chans: Vec<String> = redis
             .query(redis::cmd("PUBSUB").arg("CHANNELS").arg("gw:t:bulk:*"))
             .await;
-        chans.is_empty().then_some(())
+        chans.is_empty()
     })
     .await;
 }
@@ -181,7 +182,7 @@ async fn backends_publish_straight_into_redis() {
             .await;
     }
     eventually(WAIT, "3 decode errors", || async {
-        (b.stats().decode_errors == 3).then_some(())
+        b.stats().decode_errors == 3
     })
     .await;
     assert!(recv(&mut b_rx, QUIET).await.is_none());
@@ -201,10 +202,7 @@ async fn full_incoming_queue_drops_and_node_stays_ready() {
         let env = a.envelope("room:1", &format!("e{i}"), &b"{}"[..], false);
         a.publish("room:1", &env).await.unwrap();
     }
-    eventually(WAIT, "8 dropped", || async {
-        (b.stats().dropped_full == 8).then_some(())
-    })
-    .await;
+    eventually(WAIT, "8 dropped", || async { b.stats().dropped_full == 8 }).await;
     // The reader kept going: canaries are still heard after the queue filled up.
     let mut health = b.health();
     let before = health.borrow_and_update().canary_rtt;

@@ -7,8 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pubsub_redis::{Error, Incoming, RedisPubSub};
-use support::server::{free_port, RedisServer};
-use support::{config, eventually, init_tracing, node, numsub, recv, wait_health};
+use support::{config, init_tracing, node, recv, wait_health};
+use testkit::eventually;
+use testkit::redis::{free_port, RedisServer};
 use tokio::sync::mpsc;
 
 const TOPICS: usize = 300;
@@ -47,7 +48,7 @@ async fn two_nodes(redis: &RedisServer) -> (RedisPubSub, RedisPubSub, mpsc::Rece
         b.subscribe(&format!("many:{i}"));
     }
     eventually(Duration::from_secs(2), "b owns its topics", || async {
-        (owned_channels(redis).await == TOPICS + 1).then_some(())
+        owned_channels(redis).await == TOPICS + 1
     })
     .await;
     (a, b, b_rx)
@@ -120,21 +121,19 @@ async fn client_kill_pubsub_recovers() {
     let (a, b, mut b_rx) = two_nodes(&redis).await;
     let resubscribes_before = b.stats().resubscribes;
 
-    let killed: u64 = redis
-        .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
-        .await;
+    let killed = redis.client_kill("pubsub").await;
     assert_eq!(killed, 4, "two subscriber connections per node");
     let started = Instant::now();
     let delivered = probe_until_delivered(&a, &mut b_rx, Duration::from_secs(2)).await;
     eventually(
         Duration::from_secs(2),
         "both connections resubscribed",
-        || async { (b.stats().resubscribes >= resubscribes_before + 2).then_some(()) },
+        || async { b.stats().resubscribes >= resubscribes_before + 2 },
     )
     .await;
     assert_eq!(owned_channels(&redis).await, TOPICS + 1);
     assert_eq!(
-        numsub(&redis, &b.node_channel("b")).await,
+        redis.numsub(&b.node_channel("b")).await,
         1,
         "direct channel back"
     );
@@ -161,7 +160,7 @@ async fn starts_without_redis_and_becomes_ready_when_it_appears() {
         Err(Error::Unavailable)
     ));
     assert!(started.elapsed() < Duration::from_millis(50));
-    let _redis = RedisServer::start_with(port, |_| Vec::new()).await;
+    let _redis = RedisServer::options().port(port).start().await;
     let ready = wait_health(&a.health(), true, Duration::from_secs(3)).await;
     eprintln!("late redis: ready {ready:?} after it answered PING");
 }

@@ -5,7 +5,7 @@ deploy/prometheus/rules/*.yml, so Kubernetes and docker-compose alert on the sam
     python3 deploy/k8s/monitoring/sync-rules.py          # rewrite prometheusrule.yaml
     python3 deploy/k8s/monitoring/sync-rules.py --check  # exit 1 if it is out of date
 
-gateway/tests/deploy.rs runs the check. Needs PyYAML (installed by .ci/setup-deploy).
+gateway/tests/deploy/k8s.rs runs the check. Needs PyYAML (installed by .ci/setup-deploy).
 """
 import glob
 import os

@@ -1,11 +1,10 @@
-//! Test support: real redis-server processes and awaiting helpers with deadlines.
+//! Test support of this crate: a node (`RedisPubSub`) started against test servers, awaiting
+//! its health and its messages with deadlines, and a proxy that freezes connections. The
+//! redis-server processes, Redis Cluster and `eventually` come from the shared `testkit`.
 #![allow(dead_code)]
 
-pub mod cluster;
 pub mod proxy;
-pub mod server;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use pubsub_redis::{Config, Health, Incoming, RedisPubSub};
@@ -53,29 +52,4 @@ pub async fn wait_health(rx: &watch::Receiver<Health>, ready: bool, within: Dura
 /// The next message, or `None` if nothing arrives within `within`.
 pub async fn recv(rx: &mut mpsc::Receiver<Incoming>, within: Duration) -> Option<Incoming> {
     tokio::time::timeout(within, rx.recv()).await.ok().flatten()
-}
-
-/// Polls `check` every 20 ms until it yields `Some` (for state only observable by asking
-/// Redis, such as PUBSUB NUMSUB); panics with `what` after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `PUBSUB NUMSUB channel` on a standalone server.
-pub async fn numsub(server: &server::RedisServer, channel: &str) -> u64 {
-    let (_, n): (String, u64) = server
-        .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
-        .await;
-    n
 }
