@@ -6,8 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestNode;
-use gateway::config::{ChannelSpec, JoinPolicy};
+use common::{room_with_typing, TestNode};
 use gateway::Config;
 use serde_json::json;
 use testkit::redis::{RedisCluster, RedisServer};
@@ -17,15 +16,7 @@ fn config(redis: &RedisServer) -> Config {
     Config {
         redis_url: Some(redis.url()),
         jwt_secret: Some("s".into()),
-        channels: vec![ChannelSpec {
-            pattern: "room:*".into(),
-            join: JoinPolicy::Public,
-            broadcast: vec!["new_msg".into()],
-            broadcast_from: vec!["typing".into()],
-            presence: false,
-            presence_key: "user".into(),
-            presence_meta: vec![],
-        }],
+        channels: vec![room_with_typing()],
         ..Config::default()
     }
 }

@@ -5,8 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestNode;
-use gateway::config::{ChannelSpec, JoinPolicy};
+use common::{room_with_typing, TestNode};
 use gateway::pubsub::local::LocalBus;
 use gateway::{Config, Gateway};
 use serde_json::json;
@@ -156,15 +155,7 @@ async fn health_readiness_and_metrics_during_a_drain() {
 #[tokio::test]
 async fn broadcast_from_excludes_only_the_sender() {
     let config = Config {
-        channels: vec![ChannelSpec {
-            pattern: "room:*".into(),
-            join: JoinPolicy::Public,
-            broadcast: vec!["new_msg".into()],
-            broadcast_from: vec!["typing".into()],
-            presence: false,
-            presence_key: "user".into(),
-            presence_meta: vec![],
-        }],
+        channels: vec![room_with_typing()],
         ..Config::default()
     };
     let node = TestNode::start(config).await;
@@ -194,15 +185,7 @@ async fn broadcast_from_excludes_only_the_sender() {
 async fn nodes_on_one_bus_share_topics_and_sender_exclusion_is_per_node() {
     let bus = LocalBus::new();
     let config = || Config {
-        channels: vec![ChannelSpec {
-            pattern: "room:*".into(),
-            join: JoinPolicy::Public,
-            broadcast: vec!["new_msg".into()],
-            broadcast_from: vec!["typing".into()],
-            presence: false,
-            presence_key: "user".into(),
-            presence_meta: vec![],
-        }],
+        channels: vec![room_with_typing()],
         ..Config::default()
     };
     let n1 = TestNode::start_gateway(Gateway::new(config()).local_bus(&bus)).await;

@@ -11,7 +11,7 @@ use common::TestNode;
 use gateway::pubsub::local::LocalBus;
 use gateway::{Config, Gateway};
 use serde_json::{json, Value};
-use testkit::{http_full, jwt, now, Frame, LongPoll};
+use testkit::{eventually, http_full, jwt, metric, now, Frame, LongPoll};
 
 fn config() -> Config {
     Config {
@@ -19,6 +19,12 @@ fn config() -> Config {
         longpoll_expiry: Duration::from_millis(800),
         ..Config::default()
     }
+}
+
+/// Whether `node` reports exactly 0 live long-poll sessions.
+async fn no_long_poll_sessions(node: &TestNode) -> bool {
+    let (_, text) = node.http("GET", "/metrics", &[], "").await;
+    metric(&text, "gateway_sessions{transport=\"longpoll\"}") == Some(0.0)
 }
 
 /// Open a long-poll session on `node`, checking the answer's headers and body.
@@ -284,22 +290,13 @@ async fn sessions_expire_without_polls_and_forced_disconnect_ends_them() {
     let lp = open(token).await;
     lp.post(&[json!(["1", "1", "room:e", "phx_join", {}])])
         .await;
-    let start = Instant::now();
-    loop {
-        let (_, metrics) = node.http("GET", "/metrics", &[], "").await;
-        if metrics.contains("gateway_sessions{transport=\"longpoll\"} 0") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "session never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let expired = eventually(Duration::from_secs(5), "the session to expire", || {
+        no_long_poll_sessions(&node)
+    })
+    .await;
     assert!(
-        start.elapsed() >= Duration::from_millis(500),
-        "expired too early: {:?}",
-        start.elapsed()
+        expired >= Duration::from_millis(500),
+        "expired too early: {expired:?}"
     );
     assert_eq!(lp.poll().await, json!({"status": 410}));
 }
@@ -364,16 +361,10 @@ async fn an_abandoned_held_poll_does_not_keep_the_session_alive() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     held.abort();
-    let start = Instant::now();
-    loop {
-        let (_, metrics) = node.http("GET", "/metrics", &[], "").await;
-        if metrics.contains("gateway_sessions{transport=\"longpoll\"} 0") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "abandoned session never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the abandoned session to expire",
+        || no_long_poll_sessions(&node),
+    )
+    .await;
 }

@@ -6,11 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use pubsub_redis::{channels, Config, Incoming, RedisPubSub};
-use support::{init_tracing, node, recv, wait_health};
+use pubsub_redis::{channels, Config, Incoming};
+use support::{init_tracing, node, probe, recv, wait_health};
 use testkit::eventually;
 use testkit::redis::RedisCluster;
-use tokio::sync::mpsc;
 
 fn cluster_config(cluster: &RedisCluster, id: &str) -> Config {
     Config {
@@ -26,25 +25,6 @@ async fn shard_numsub(cluster: &RedisCluster, owner: usize, channel: &str) -> u6
         .query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel))
         .await;
     n
-}
-
-/// Publishes probes from `from` every 100 ms until `to_rx` gets one; returns the time taken.
-async fn probe(
-    from: &RedisPubSub,
-    to_rx: &mut mpsc::Receiver<Incoming>,
-    within: Duration,
-) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        let env = from.envelope("room:1", "probe", &b"{}"[..], false);
-        let _ = from.publish("room:1", &env).await;
-        if let Some(Incoming::Topic(env)) = recv(to_rx, Duration::from_millis(100)).await {
-            if env.event == "probe" {
-                return started.elapsed();
-            }
-        }
-    }
-    panic!("no delivery within {within:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +80,13 @@ async fn sharded_delivery_survives_slot_master_restart() {
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     cluster.nodes[owner].restart().await;
     let back = Instant::now();
-    let delivered = probe(&a, &mut b_rx, Duration::from_secs(10)).await;
+    let delivered = probe(
+        &a,
+        &mut b_rx,
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    )
+    .await;
     wait_health(&b.health(), true, Duration::from_secs(5)).await;
     let ready = back.elapsed();
     wait_health(&a.health(), true, Duration::from_secs(5)).await;

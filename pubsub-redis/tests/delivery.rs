@@ -25,7 +25,7 @@ async fn wait_numsub(redis: &RedisServer, channel: &str, want: u64) {
     eventually(WAIT, &format!("NUMSUB {channel} == {want}"), || async {
         redis.numsub(channel).await == want
     })
-    .await
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,31 +7,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pubsub_redis::{Error, Incoming, RedisPubSub};
-use support::{config, init_tracing, node, recv, wait_health};
+use support::{config, init_tracing, node, probe, wait_health};
 use testkit::eventually;
 use testkit::redis::{free_port, RedisServer};
 use tokio::sync::mpsc;
 
 const TOPICS: usize = 300;
-
-/// Publishes a probe from `from` every 50 ms until `to_rx` receives one; returns the time.
-async fn probe_until_delivered(
-    from: &RedisPubSub,
-    to_rx: &mut mpsc::Receiver<Incoming>,
-    within: Duration,
-) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        let env = from.envelope("room:1", "probe", &b"{}"[..], false);
-        let _ = from.publish("room:1", &env).await;
-        if let Some(Incoming::Topic(env)) = recv(to_rx, Duration::from_millis(50)).await {
-            if env.event == "probe" {
-                return started.elapsed();
-            }
-        }
-    }
-    panic!("delivery did not resume within {within:?}");
-}
 
 async fn owned_channels(redis: &RedisServer) -> usize {
     let chans: Vec<String> = redis
@@ -59,7 +40,13 @@ async fn redis_killed_and_restarted_recovers() {
     init_tracing();
     let mut redis = RedisServer::start().await;
     let (a, b, mut b_rx) = two_nodes(&redis).await;
-    probe_until_delivered(&a, &mut b_rx, Duration::from_secs(2)).await;
+    probe(
+        &a,
+        &mut b_rx,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )
+    .await;
 
     redis.kill();
     let killed = Instant::now();
@@ -95,7 +82,13 @@ async fn redis_killed_and_restarted_recovers() {
     let resubscribes_before = b.stats().resubscribes;
     redis.restart().await;
     let back = Instant::now();
-    let delivered = probe_until_delivered(&a, &mut b_rx, Duration::from_secs(2)).await;
+    let delivered = probe(
+        &a,
+        &mut b_rx,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )
+    .await;
     let ready = wait_health(&b.health(), true, Duration::from_secs(3)).await;
     let since_back = back.elapsed();
     assert_eq!(
@@ -124,7 +117,13 @@ async fn client_kill_pubsub_recovers() {
     let killed = redis.client_kill("pubsub").await;
     assert_eq!(killed, 4, "two subscriber connections per node");
     let started = Instant::now();
-    let delivered = probe_until_delivered(&a, &mut b_rx, Duration::from_secs(2)).await;
+    let delivered = probe(
+        &a,
+        &mut b_rx,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )
+    .await;
     eventually(
         Duration::from_secs(2),
         "both connections resubscribed",
@@ -177,7 +176,13 @@ async fn deaf_connection_is_detected_and_rebuilt() {
     cfg.publish_timeout = Duration::from_millis(300);
     let (b, mut b_rx) = node(cfg).await;
     b.subscribe("room:1");
-    probe_until_delivered(&a, &mut b_rx, Duration::from_secs(2)).await;
+    probe(
+        &a,
+        &mut b_rx,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )
+    .await;
     let reconnects_before = b.stats().reconnects;
 
     // Every connection of b now looks alive to both ends but carries nothing.
@@ -185,7 +190,13 @@ async fn deaf_connection_is_detected_and_rebuilt() {
     let frozen = Instant::now();
     let to_not_ready = wait_health(&b.health(), false, Duration::from_secs(3)).await;
     let to_ready = wait_health(&b.health(), true, Duration::from_secs(5)).await;
-    let delivered = probe_until_delivered(&a, &mut b_rx, Duration::from_secs(2)).await;
+    let delivered = probe(
+        &a,
+        &mut b_rx,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(
         b.stats().reconnects >= reconnects_before + 2,
         "{:?}",

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gateway::config::{ChannelSpec, JoinPolicy};
 use gateway::{Config, Gateway};
 use serde_json::{json, Value};
 use testkit::Client;
@@ -96,6 +97,20 @@ impl Drop for TestNode {
         if let Some(t) = &self.task {
             t.abort();
         }
+    }
+}
+
+/// `room:*`, public: `new_msg` goes to every member, `typing` to every member but the sender;
+/// no presence, so tests see exactly the frames they assert.
+pub fn room_with_typing() -> ChannelSpec {
+    ChannelSpec {
+        pattern: "room:*".into(),
+        join: JoinPolicy::Public,
+        broadcast: vec!["new_msg".into()],
+        broadcast_from: vec!["typing".into()],
+        presence: false,
+        presence_key: "user".into(),
+        presence_meta: vec![],
     }
 }
 

@@ -53,3 +53,24 @@ pub async fn wait_health(rx: &watch::Receiver<Health>, ready: bool, within: Dura
 pub async fn recv(rx: &mut mpsc::Receiver<Incoming>, within: Duration) -> Option<Incoming> {
     tokio::time::timeout(within, rx.recv()).await.ok().flatten()
 }
+
+/// Publishes a probe on `room:1` from `from` every `every` until `to_rx` receives one; returns
+/// how long that took, panics after `within`.
+pub async fn probe(
+    from: &RedisPubSub,
+    to_rx: &mut mpsc::Receiver<Incoming>,
+    every: Duration,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let env = from.envelope("room:1", "probe", &b"{}"[..], false);
+        let _ = from.publish("room:1", &env).await;
+        if let Some(Incoming::Topic(env)) = recv(to_rx, every).await {
+            if env.event == "probe" {
+                return started.elapsed();
+            }
+        }
+    }
+    panic!("no probe delivered within {within:?}");
+}
