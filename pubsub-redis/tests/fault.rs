@@ -13,6 +13,10 @@ use testkit::redis::{free_port, RedisServer};
 use tokio::sync::mpsc;
 
 const TOPICS: usize = 300;
+/// How often a probe is published while waiting for delivery to resume.
+const PACE: Duration = Duration::from_millis(50);
+/// How soon delivery must resume.
+const RESUME: Duration = Duration::from_secs(2);
 
 async fn owned_channels(redis: &RedisServer) -> usize {
     let chans: Vec<String> = redis
@@ -40,13 +44,7 @@ async fn redis_killed_and_restarted_recovers() {
     init_tracing();
     let mut redis = RedisServer::start().await;
     let (a, b, mut b_rx) = two_nodes(&redis).await;
-    probe(
-        &a,
-        &mut b_rx,
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    )
-    .await;
+    probe(&a, &mut b_rx, PACE, RESUME).await;
 
     redis.kill();
     let killed = Instant::now();
@@ -82,13 +80,7 @@ async fn redis_killed_and_restarted_recovers() {
     let resubscribes_before = b.stats().resubscribes;
     redis.restart().await;
     let back = Instant::now();
-    let delivered = probe(
-        &a,
-        &mut b_rx,
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    )
-    .await;
+    let delivered = probe(&a, &mut b_rx, PACE, RESUME).await;
     let ready = wait_health(&b.health(), true, Duration::from_secs(3)).await;
     let since_back = back.elapsed();
     assert_eq!(
@@ -117,13 +109,7 @@ async fn client_kill_pubsub_recovers() {
     let killed = redis.client_kill("pubsub").await;
     assert_eq!(killed, 4, "two subscriber connections per node");
     let started = Instant::now();
-    let delivered = probe(
-        &a,
-        &mut b_rx,
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    )
-    .await;
+    let delivered = probe(&a, &mut b_rx, PACE, RESUME).await;
     eventually(
         Duration::from_secs(2),
         "both connections resubscribed",
@@ -176,13 +162,7 @@ async fn deaf_connection_is_detected_and_rebuilt() {
     cfg.publish_timeout = Duration::from_millis(300);
     let (b, mut b_rx) = node(cfg).await;
     b.subscribe("room:1");
-    probe(
-        &a,
-        &mut b_rx,
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    )
-    .await;
+    probe(&a, &mut b_rx, PACE, RESUME).await;
     let reconnects_before = b.stats().reconnects;
 
     // Every connection of b now looks alive to both ends but carries nothing.
@@ -190,13 +170,7 @@ async fn deaf_connection_is_detected_and_rebuilt() {
     let frozen = Instant::now();
     let to_not_ready = wait_health(&b.health(), false, Duration::from_secs(3)).await;
     let to_ready = wait_health(&b.health(), true, Duration::from_secs(5)).await;
-    let delivered = probe(
-        &a,
-        &mut b_rx,
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    )
-    .await;
+    let delivered = probe(&a, &mut b_rx, PACE, RESUME).await;
     assert!(
         b.stats().reconnects >= reconnects_before + 2,
         "{:?}",
