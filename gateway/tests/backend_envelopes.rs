@@ -9,32 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::RedisServer;
-use common::{eventually, metric_value, Client, TestNode};
+use common::TestNode;
 use gateway::config::ChannelSpec;
 use gateway::Config;
 use pubsub_redis::Envelope;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `PUBLISH channel payload` over a raw connection (payloads are binary MessagePack).
-async fn publish(redis: &RedisServer, channel: &str, payload: &[u8]) {
-    let mut cmd = format!(
-        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
-        channel.len(),
-        payload.len()
-    )
-    .into_bytes();
-    cmd.extend_from_slice(payload);
-    cmd.extend_from_slice(b"\r\n");
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
-        .await
-        .unwrap();
-    conn.write_all(&cmd).await.unwrap();
-    let mut reply = [0u8; 64];
-    let n = conn.read(&mut reply).await.unwrap();
-    assert_eq!(reply[0], b':', "PUBLISH answered {:?}", &reply[..n]);
-}
+use testkit::redis::RedisServer;
+use testkit::{eventually, metric_value, Client};
 
 fn envelope(event: &str, payload: Value) -> Envelope {
     Envelope::new("", "room:x", event, payload.to_string().into_bytes(), false)
@@ -87,25 +68,27 @@ async fn nothing_a_backend_publishes_poses_as_cluster_traffic() {
         envelope("phx_close", json!({})),
     ];
     for env in &forged {
-        publish(&redis, "gw:t:room:x", &env.encode().unwrap()).await;
+        redis.publish("gw:t:room:x", &env.encode().unwrap()).await;
     }
     // A version 1 envelope naming a cluster kind is still only a broadcast of its event.
     let mut claims_kind = envelope("kind_claimed", mallory);
     claims_kind.kind = "presence_delta".into();
-    publish(&redis, "gw:t:room:x", &claims_kind.encode().unwrap()).await;
+    redis
+        .publish("gw:t:room:x", &claims_kind.encode().unwrap())
+        .await;
     // The backend format on a node's direct channel is nothing at all.
     let lp = envelope(
         "lp_req",
         json!({"id": 1, "from": "evil", "token": "t", "ndjson": false}),
     );
-    publish(&redis, "gw:n:node-a", &lp.encode().unwrap()).await;
+    redis.publish("gw:n:node-a", &lp.encode().unwrap()).await;
     // A real broadcast, published last on the same channel.
-    publish(
-        &redis,
-        "gw:t:room:x",
-        &envelope("new_msg", json!({"body": "hi"})).encode().unwrap(),
-    )
-    .await;
+    redis
+        .publish(
+            "gw:t:room:x",
+            &envelope("new_msg", json!({"body": "hi"})).encode().unwrap(),
+        )
+        .await;
 
     let first = ann.recv_json().await;
     assert_eq!(

@@ -8,9 +8,10 @@
 mod common;
 
 use base64::Engine;
-use common::{http, http_full, metric_value, Client, Frame, TestNode};
+use common::TestNode;
 use gateway::Config;
 use serde_json::{json, Value};
+use testkit::{http, metric_value, Client, Frame, LongPoll};
 
 const V1_HEARTBEAT: &str = r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"7"}"#;
 
@@ -26,43 +27,11 @@ async fn bytes_in(node: &TestNode) -> f64 {
     metric_value(&text, "gateway_received_bytes_total")
 }
 
-/// A V1 long-poll session: its token.
-async fn lp_open(node: &TestNode) -> String {
-    let (_, body) = http(node.addr, "GET", "/socket/longpoll?vsn=1.0.0", &[], "").await;
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["status"], 410, "{body}");
-    v["token"].as_str().unwrap().to_owned()
-}
-
-fn lp_path(token: &str) -> String {
-    let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    format!("/socket/longpoll?vsn=1.0.0&token={token}")
-}
-
-async fn lp_post(node: &TestNode, token: &str, line: &str) -> Value {
-    let (status, _, body) = http_full(
-        node.addr,
-        "POST",
-        &lp_path(token),
-        &[("Content-Type", "application/x-ndjson")],
-        line,
-    )
-    .await;
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn lp_poll(node: &TestNode, token: &str) -> Vec<Value> {
-    let (_, body) = http(node.addr, "GET", &lp_path(token), &[], "").await;
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["messages"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
+/// A V1 long-poll session.
+async fn lp_open(node: &TestNode) -> LongPoll {
+    LongPoll::open_vsn(node.addr, "1.0.0", "", &[])
+        .await
+        .expect("long-poll open refused")
 }
 
 #[tokio::test]
@@ -89,19 +58,21 @@ async fn v1_json_in_a_binary_websocket_frame_is_a_message() {
 #[tokio::test]
 async fn v1_json_in_a_base64_longpoll_line_is_a_message() {
     let node = TestNode::start(Config::default()).await;
-    let token = lp_open(&node).await;
+    let mut lp = lp_open(&node).await;
     let line = base64::engine::general_purpose::STANDARD.encode(V1_HEARTBEAT);
-    assert_eq!(lp_post(&node, &token, &line).await, json!({"status": 200}));
-    let got = lp_poll(&node, &token).await;
+    assert_eq!(
+        lp.post_lines(lp.addr, &[line], &[]).await,
+        json!({"status": 200})
+    );
+    let got = lp.messages(1).await;
     assert!(got.len() == 1 && is_heartbeat_reply(&got[0]), "{got:?}");
     // Base64 of something that is not JSON ends the session like WebSocket's 4005.
     let garbage = base64::engine::general_purpose::STANDARD.encode([0xde, 0xad, 0xbe, 0xef]);
     assert_eq!(
-        lp_post(&node, &token, &garbage).await,
+        lp.post_lines(lp.addr, &[garbage], &[]).await,
         json!({"status": 400})
     );
-    let (_, body) = http(node.addr, "GET", &lp_path(&token), &[], "").await;
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], 410);
+    assert_eq!(lp.poll().await["status"], 410);
 }
 
 #[tokio::test]
@@ -114,20 +85,11 @@ async fn bytes_in_counts_the_same_message_alike_on_both_transports() {
     assert!(matches!(ws.recv().await, Some(Frame::Text(_))));
     let over_ws = bytes_in(&node).await - before;
 
-    let (_, body) = http(node.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[], "").await;
-    let token: Value = serde_json::from_str(&body).unwrap();
-    let token: String =
-        form_urlencoded::byte_serialize(token["token"].as_str().unwrap().as_bytes()).collect();
+    let lp = LongPoll::open(node.addr, "", &[])
+        .await
+        .expect("long-poll open refused");
     let before = bytes_in(&node).await;
-    let (status, _, _) = http_full(
-        node.addr,
-        "POST",
-        &format!("/socket/longpoll?vsn=2.0.0&token={token}"),
-        &[("Content-Type", "application/x-ndjson")],
-        msg,
-    )
-    .await;
-    assert_eq!(status, 200);
+    lp.post_lines(lp.addr, &[msg.to_string()], &[]).await;
     let over_lp = bytes_in(&node).await - before;
     assert_eq!(
         over_ws,

@@ -11,15 +11,17 @@ use serde_json::{json, Value};
 use crate::http::http_full;
 use crate::ws::UNTIL_WAIT;
 
-/// Path of the long-poll endpoint with the V2 serializer.
-const PATH: &str = "/socket/longpoll?vsn=2.0.0";
+/// The serializer of a session unless one is named.
+const VSN: &str = "2.0.0";
 
 /// A long-poll session: the node it was opened on, and its session token.
 pub struct LongPoll {
-    /// Where requests go unless a `_via` address is given.
+    /// Where requests go unless another address is given.
     pub addr: SocketAddr,
     /// The session token the node issued (or a forged one, for refusal tests).
     pub token: String,
+    /// The serializer (`vsn`) every request names.
+    vsn: String,
     /// Frames received by a poll and not yet consumed.
     inbox: VecDeque<Value>,
 }
@@ -35,23 +37,38 @@ impl LongPoll {
         LongPoll {
             addr,
             token: token.to_owned(),
+            vsn: VSN.to_owned(),
             inbox: VecDeque::new(),
         }
     }
 
-    /// Open a session: `GET /socket/longpoll?vsn=2.0.0{query}` with `headers`. `Err` is the
-    /// status of a refusal, whose body must carry nothing but that status.
+    /// Open a session with the V2 serializer: `GET /socket/longpoll?vsn=2.0.0{query}` with
+    /// `headers`. `Err` is the status of a refusal, whose body must carry nothing but that
+    /// status.
     pub async fn open(
         addr: SocketAddr,
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<LongPoll, u16> {
-        let (status, _, body) =
-            http_full(addr, "GET", &format!("{PATH}{query}"), headers, "").await;
+        Self::open_vsn(addr, VSN, query, headers).await
+    }
+
+    /// [`LongPoll::open`] with serializer `vsn` (e.g. `1.0.0`).
+    pub async fn open_vsn(
+        addr: SocketAddr,
+        vsn: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<LongPoll, u16> {
+        let path = format!("/socket/longpoll?vsn={vsn}{query}");
+        let (status, _, body) = http_full(addr, "GET", &path, headers, "").await;
         assert_eq!(status, 200, "long-poll answers are HTTP 200: {body}");
         let v: Value = serde_json::from_str(&body).expect("long-poll answers are JSON");
         match (v["status"].as_u64(), v["token"].as_str()) {
-            (Some(410), Some(t)) => Ok(LongPoll::with_token(addr, t)),
+            (Some(410), Some(t)) => Ok(LongPoll {
+                vsn: vsn.to_owned(),
+                ..LongPoll::with_token(addr, t)
+            }),
             (Some(s), None) => {
                 assert_eq!(v, json!({"status": s}), "a refusal carries only the status");
                 Err(s as u16)
@@ -62,7 +79,11 @@ impl LongPoll {
 
     /// The session's URL path (token in the query).
     pub fn path(&self) -> String {
-        format!("{PATH}&token={}", urlencode(&self.token))
+        format!(
+            "/socket/longpoll?vsn={}&token={}",
+            self.vsn,
+            urlencode(&self.token)
+        )
     }
 
     /// POST ndjson `lines` to `via` with extra `headers`; the answer body.

@@ -252,6 +252,13 @@ impl RedisServer {
         assert_eq!(ok, "OK");
     }
 
+    /// `PUBLISH channel payload` (any bytes, e.g. a MessagePack envelope): how many
+    /// subscribers got it.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> u64 {
+        self.query(redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await
+    }
+
     /// `CLIENT KILL TYPE <kind>` (e.g. `pubsub`): how many connections the server dropped.
     pub async fn client_kill(&self, kind: &str) -> u64 {
         self.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg(kind))
