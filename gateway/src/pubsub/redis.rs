@@ -230,68 +230,30 @@ mod tests {
     use super::*;
     use crate::pubsub::SharedPubSub;
 
-    struct Server(std::process::Child);
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    async fn redis_server() -> (Server, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (run .ci/setup)");
-        let server = Server(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return (server, port);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("redis-server did not start");
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_adapter_passes_the_conformance_suite() {
-        let (_server, port) = redis_server().await;
-        crate::pubsub::conformance::run(|id| async move {
-            let metrics = Arc::new(Metrics::new());
-            let (inbox, rx) = Inbox::new(metrics.clone());
-            let config = pubsub_redis::Config {
-                urls: vec![format!("redis://127.0.0.1:{port}/")],
-                node_id: Some(id),
-                ..pubsub_redis::Config::default()
-            };
-            let adapter = RedisAdapter::start(config, metrics, inbox).await.unwrap();
-            // `start` does not wait for Redis: the suite begins once the node hears itself.
-            let mut health = adapter.health.clone();
-            tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| h.ready))
-                .await
-                .expect("adapter never became ready")
-                .unwrap();
-            let ps: SharedPubSub = Arc::new(adapter);
-            (ps, rx)
+        let server = testkit::redis::RedisServer::start().await;
+        let url = server.url();
+        crate::pubsub::conformance::run(|id| {
+            let url = url.clone();
+            async move {
+                let metrics = Arc::new(Metrics::new());
+                let (inbox, rx) = Inbox::new(metrics.clone());
+                let config = pubsub_redis::Config {
+                    urls: vec![url],
+                    node_id: Some(id),
+                    ..pubsub_redis::Config::default()
+                };
+                let adapter = RedisAdapter::start(config, metrics, inbox).await.unwrap();
+                // `start` does not wait for Redis: the suite begins once the node hears itself.
+                let mut health = adapter.health.clone();
+                tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| h.ready))
+                    .await
+                    .expect("adapter never became ready")
+                    .unwrap();
+                let ps: SharedPubSub = Arc::new(adapter);
+                (ps, rx)
+            }
         })
         .await;
     }
