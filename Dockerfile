@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Gateway image: the `gateway` node and the `loadtest` harness, built in a Rust builder stage
 # and copied into a slim Debian runtime that runs as an unprivileged user.
 #
@@ -7,7 +6,12 @@
 #
 # Every flag has a GATEWAY_* environment variable (`gateway --help`); docker-compose.yml and
 # deploy/k8s set them. Checked offline by `hadolint --failure-threshold error Dockerfile`
-# (gateway/tests/deploy/files.rs).
+# (gateway/tests/deploy/files.rs), and built and run for real by gateway/tests/compose.
+#
+# Needs BuildKit (the cache mounts below): Docker 23+ uses it by default; Docker 20.10 and
+# docker-compose 1.29 need DOCKER_BUILDKIT=1 (and COMPOSE_DOCKER_CLI_BUILD=1). No `# syntax=`
+# line on purpose: the built-in frontend has everything used here, and the line would make
+# every build fetch a frontend image from Docker Hub, which fails offline or behind a mirror.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
