@@ -93,6 +93,7 @@ fn compose_cluster_runs_for_real() {
     t.lap("image check");
 
     stack.write_override(stack::engine_nofile(&stack.image, COMPOSE_NOFILE));
+    let volumes_before = stack::volumes();
     compose_up(&stack);
     t.lap("docker-compose up");
     let lb = stack.port("lb", 4000);
@@ -109,8 +110,16 @@ fn compose_cluster_runs_for_real() {
     restart_node(&stack, "gateway-2", prometheus);
     run_load(&stack, prometheus);
     t.lap("loadtest profile");
+    let name = stack.name.clone();
     drop(stack);
     t.lap("teardown");
+    // nothing of the run is left: containers, networks, the image, Prometheus' volume
+    assert_eq!(stack::remains_of(&name), Vec::<String>::new());
+    let new_volumes: Vec<String> = stack::volumes()
+        .difference(&volumes_before)
+        .cloned()
+        .collect();
+    assert_eq!(new_volumes, Vec::<String>::new(), "volumes left behind");
     println!("[compose] image size {:.1} MB", size as f64 / 1e6);
     t.finish();
 }

@@ -258,6 +258,42 @@ pub fn sweep(name: &str) {
     quiet(&["image", "rm", &format!("gateway:{name}")]);
 }
 
+/// What is left of project `name`: containers, networks, its image (empty after `sweep`).
+pub fn remains_of(name: &str) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={name}");
+    let mut left = listed(&[
+        "ps",
+        "-a",
+        "--filter",
+        &label,
+        "--format",
+        "container {{.Names}}",
+    ]);
+    left.extend(listed(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name=^{name}_image$"),
+        "--format",
+        "container {{.Names}}",
+    ]));
+    left.extend(listed(&[
+        "network",
+        "ls",
+        "--filter",
+        &label,
+        "--format",
+        "network {{.Name}}",
+    ]));
+    left.extend(listed(&["images", "-q", &format!("gateway:{name}")]));
+    left
+}
+
+/// Every volume's name.
+pub fn volumes() -> BTreeSet<String> {
+    listed(&["volume", "ls", "-q"]).into_iter().collect()
+}
+
 /// Projects, probes and images of earlier runs whose process is gone, swept before this run.
 pub fn remove_leftovers() {
     let project = "{{.Label \"com.docker.compose.project\"}}";
