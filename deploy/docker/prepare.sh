@@ -19,8 +19,7 @@
 # of the repository. Every image made here carries the label
 # org.opencontainers.image.description saying it is a local stand-in.
 #
-#   bash deploy/docker/prepare.sh           # everything
-#   bash deploy/docker/prepare.sh engine    # steps 1 and 2 only
+#   bash deploy/docker/prepare.sh
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -74,9 +73,10 @@ start_engine() {
   else
     log "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
-    # its own session, no terminal, no inherited pipes: it outlives this script and the
-    # process that called it (a test reading our output must not wait for dockerd to exit)
-    setsid dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    # its own session, no terminal, no inherited pipes, `/` as its directory: it outlives
+    # this script and the process that called it (a test reading our output must not wait
+    # for dockerd to exit, nor a checkout be pinned by it)
+    (cd / && setsid dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &)
   fi
   local i
   for i in $(seq 1 120); do
@@ -104,6 +104,8 @@ compose_image() {
 
 # The archive apt installs Debian from (deb822 or one-line sources alike), as apt sees it.
 debian_mirror() {
+  # $(...) here are apt's field names, not shell expansions
+  # shellcheck disable=SC2016
   apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' 2>/dev/null |
     awk '$2 !~ /-(security|updates|backports|proposed-updates)$/ { print $1; exit }'
 }
@@ -213,7 +215,6 @@ main() {
   need dockerd docker.io
   need docker-compose docker-compose
   start_engine
-  if [ "${1:-}" = engine ]; then return; fi
 
   local release rust_version debian
   release="$(dockerfile_arg DEBIAN_RELEASE)"
@@ -234,4 +235,4 @@ main() {
   log "ready"
 }
 
-main "$@"
+main
