@@ -87,9 +87,9 @@ fn compose_cluster_runs_for_real() {
     stack::remove_leftovers();
     let stack = Stack::new();
 
-    let size = build_image(&stack);
+    build_image(&stack);
     t.lap("docker build");
-    check_image(&stack);
+    let size = check_image(&stack);
     t.lap("image check");
 
     stack.write_override(stack::engine_nofile(&stack.image, COMPOSE_NOFILE));
@@ -124,8 +124,8 @@ fn compose_cluster_runs_for_real() {
     t.finish();
 }
 
-/// Builds the image from the project's Dockerfile, as it is, with BuildKit; returns its size.
-fn build_image(stack: &Stack) -> u64 {
+/// Builds the image from the project's Dockerfile, as it is, with BuildKit.
+fn build_image(stack: &Stack) {
     let log = artifacts().join("build.log");
     let out = run_for(
         Command::new(buildkit_cli())
@@ -151,14 +151,11 @@ fn build_image(stack: &Stack) -> u64 {
     {
         println!("[compose] {}", line.trim());
     }
-    inspect(&stack.image, "{{.Size}}")
-        .parse()
-        .expect("image size")
 }
 
 /// The image alone: its user, port, health check and size; a container of it runs as that
-/// user, answers /healthz, and drains and exits 0 when stopped.
-fn check_image(stack: &Stack) {
+/// user, answers /healthz, and drains and exits 0 when stopped. Returns its size in bytes.
+fn check_image(stack: &Stack) -> u64 {
     let size: u64 = inspect(&stack.image, "{{.Size}}").parse().expect("size");
     println!(
         "[compose] image {} is {:.1} MB",
@@ -239,6 +236,7 @@ fn check_image(stack: &Stack) {
         Duration::from_secs(30),
         "docker rm",
     );
+    size
 }
 
 /// `docker-compose up -d` of every service but Grafana; waits until each is healthy (the
