@@ -110,18 +110,20 @@ debian_mirror() {
     awk '$2 !~ /-(security|updates|backports|proposed-updates)$/ { print $1; exit }'
 }
 
-# A scratch directory removed when the script exits.
+# Scratch space (debootstrap's tree, build contexts, logs), removed when the script exits.
 SCRATCH=""
-scratch() {
-  if [ -z "$SCRATCH" ]; then
-    SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/prepare-docker.XXXXXX")"
-    trap 'rm -rf "$SCRATCH"' EXIT
-  fi
-  mktemp -d "$SCRATCH/XXXXXX"
+make_scratch_root() {
+  SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/prepare-docker.XXXXXX")"
+  trap 'rm -rf "$SCRATCH"' EXIT
 }
 
-stand_in_label() {
-  printf 'org.opencontainers.image.description=local stand-in for %s, made by deploy/docker/prepare.sh from %s' "$1" "$2"
+# A new directory in the scratch space.
+scratch() { mktemp -d "$SCRATCH/XXXXXX"; }
+
+# Every image made here says what it is, in this label.
+LABEL_KEY=org.opencontainers.image.description
+stand_in_text() {
+  printf 'local stand-in for %s, made by deploy/docker/prepare.sh from %s' "$1" "$2"
 }
 
 # debian:<release>-slim: a minbase debootstrap, trimmed like the upstream slim image.
@@ -146,7 +148,7 @@ make_debian() {
   printf 'APT::Keep-Downloaded-Packages "false";\n' >"$dir/etc/apt/apt.conf.d/docker-clean"
   tar -C "$dir" -c . | docker import \
     --change 'CMD ["bash"]' \
-    --change "LABEL $(stand_in_label "$tag" "debootstrap of $mirror")" \
+    --change "LABEL $LABEL_KEY=\"$(stand_in_text "$tag" "debootstrap of $mirror")\"" \
     - "$tag" >/dev/null
   rm -rf "$dir"
   log "$tag made"
@@ -163,7 +165,7 @@ build_in() {
   log "building $tag ($what)"
   # the classic builder: it works with any docker CLI (and the output is kept for failures)
   DOCKER_BUILDKIT=0 docker build --build-arg "BASE=$debian" \
-    --label "$(stand_in_label "$tag" "$what")" -t "$tag" "$ctx" >"$SCRATCH/build.log" 2>&1 ||
+    --label "$LABEL_KEY=$(stand_in_text "$tag" "$what")" -t "$tag" "$ctx" >"$SCRATCH/build.log" 2>&1 ||
     { tail -n 30 "$SCRATCH/build.log" >&2; die "building $tag failed"; }
   rm -rf "$ctx"
   log "$tag made"
@@ -215,6 +217,7 @@ main() {
   need dockerd docker.io
   need docker-compose docker-compose
   start_engine
+  make_scratch_root
 
   local release rust_version debian
   release="$(dockerfile_arg DEBIAN_RELEASE)"
