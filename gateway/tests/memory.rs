@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{Client, GatewayProcess};
+use common::GatewayProcess;
+use testkit::Client;
 
 /// Idle sessions held: enough that the per-session figure dwarfs page-granular noise, few
 /// enough for the test's own file-descriptor limit (one socket per session on each side).
