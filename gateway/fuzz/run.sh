@@ -5,11 +5,17 @@
 #
 # FUZZ_PARALLEL=2 runs two targets at a time (never more: the machine is shared). Corpora grow in
 # gateway/fuzz/corpus/<target> (git-ignored) and start from the committed seeds/<target>; logs go
-# to gateway/fuzz/logs/<target>.log and crash inputs to artifacts/<target>/. Needs the nightly
-# toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
+# to gateway/fuzz/logs/<target>.log and crash inputs to artifacts/<target>/. Needs cargo-fuzz:
+# the pinned one `.ci/setup` installs in target/test-tools/cargo, else `cargo fuzz` from PATH.
+# CI runs `run.sh 5` (every target 5 s on its corpus) to keep the targets building and running.
 set -euo pipefail
 
 cd "$(dirname "$0")"
+fuzz=(../../target/test-tools/cargo/bin/cargo-fuzz)
+[[ -x ${fuzz[0]} ]] || fuzz=(cargo fuzz)
+# cargo-fuzz passes nightly-only rustc flags (-Zsanitizer=address, ...); this lets the stable
+# toolchain accept them, and changes nothing on a nightly one.
+export RUSTC_BOOTSTRAP=1
 secs=${1:-600}
 shift || true
 parallel=${FUZZ_PARALLEL:-1}
@@ -21,11 +27,11 @@ fi
 if [[ $# -gt 0 ]]; then
     targets=("$@")
 else
-    mapfile -t targets < <(cargo +nightly fuzz list)
+    mapfile -t targets < <("${fuzz[@]}" list)
 fi
 
 # Debug assertions on (-a): integer overflow panics count as crashes too.
-nice -n 19 cargo +nightly fuzz build -a >&2
+nice -n 19 "${fuzz[@]}" build -a >&2
 mkdir -p logs
 
 run_one() {
@@ -33,7 +39,7 @@ run_one() {
     rm -f "logs/$t.status"
     mkdir -p "corpus/$t" "seeds/$t"
     # -timeout: one input taking longer than 10 s is a hang, reported like a crash.
-    if nice -n 19 cargo +nightly fuzz run -a "$t" "corpus/$t" "seeds/$t" -- \
+    if nice -n 19 "${fuzz[@]}" run -a "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"logs/$t.log" 2>&1; then
         echo ok >"logs/$t.status"

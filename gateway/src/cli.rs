@@ -123,7 +123,8 @@ pub struct Cli {
     /// Milliseconds between presence heartbeats of this node.
     #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_MS", default_value_t = ms(D.presence_heartbeat))]
     pub presence_heartbeat_ms: u64,
-    /// Milliseconds of silence after which a node is down and its presences leave.
+    /// Milliseconds within which a dead node's presences leave (declared down after this minus
+    /// one heartbeat of silence).
     #[arg(long, env = "GATEWAY_PRESENCE_DOWN_AFTER_MS", default_value_t = ms(D.presence_down_after))]
     pub presence_down_after_ms: u64,
     /// Skip per-message metrics (bytes, frames, writes, deliveries, fan-out duration), to

@@ -85,15 +85,19 @@ pub struct Metrics {
     pub per_message: bool,
 }
 
-/// Resident set size of this process in bytes (Linux `/proc/self/statm`), 0 elsewhere.
+/// Resident set size of this process in bytes: `/proc/self/statm` pages times the system's
+/// page size; 0 where there is no `/proc`.
+#[cfg(target_os = "linux")]
 pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
+    procfs::process::Process::myself()
+        .and_then(|p| p.statm())
+        .map_or(0, |m| m.resident * procfs::page_size())
+}
+
+/// No `/proc` to read here.
+#[cfg(not(target_os = "linux"))]
+pub fn rss_bytes() -> u64 {
+    0
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {

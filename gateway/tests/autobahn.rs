@@ -1,11 +1,11 @@
 //! Autobahn WebSocket conformance of the gateway's WebSocket stack, checked with `kosoku`.
 //!
 //! A real gateway binary is started with `--ws-echo` on a kernel-chosen port, and the PyPI
-//! `kosoku` fuzzing client (`pip install kosoku==0.1.0`, installed by `.ci/setup`) runs every
-//! Autobahn case except 12.* and 13.* (permessage-deflate, which the gateway does not offer)
-//! against `/ws-echo`. The reports' `index.json` is then judged case by case: `behavior` must be
-//! OK, NON-STRICT or INFORMATIONAL and `behaviorClose` OK or INFORMATIONAL. A missing `kosoku`
-//! fails the test with a hint instead of skipping it.
+//! `kosoku` fuzzing client (0.1.0, which `.ci/setup` installs in `target/test-tools/venv`) runs
+//! every Autobahn case except 12.* and 13.* (permessage-deflate, which the gateway does not
+//! offer) against `/ws-echo`. The reports' `index.json` is then judged case by case: `behavior`
+//! must be OK, NON-STRICT or INFORMATIONAL and `behaviorClose` OK or INFORMATIONAL. A missing
+//! `kosoku` fails the test with a hint instead of skipping it.
 
 mod common;
 
@@ -94,7 +94,7 @@ fn read_index(path: &Path) -> BTreeMap<Vec<u32>, (String, CaseOutcome)> {
 async fn autobahn_cases_against_ws_echo() {
     let kosoku = tool(
         "kosoku",
-        "run `.ci/setup` first (it installs kosoku==0.1.0 with pip)",
+        "run `.ci/setup` first (it installs kosoku==0.1.0 in target/test-tools/venv)",
     );
     let mut gateway = common::gateway()
         .args(["--bind", "127.0.0.1", "--port", "0", "--ws-echo"])

@@ -60,7 +60,7 @@ fn browser_suite() {
         "redis-server is missing: run `.ci/setup`"
     );
 
-    let mut child = Command::new("node")
+    let mut child = Command::new(testkit::tools::node())
         .args(["--test", "--test-reporter=spec"])
         .current_dir(&browser_dir)
         .env("GATEWAY_BIN", env!("CARGO_BIN_EXE_gateway"))

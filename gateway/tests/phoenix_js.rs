@@ -35,7 +35,7 @@ fn phoenix_js_client_suite() {
         );
     }
 
-    let mut child = Command::new("node")
+    let mut child = Command::new(testkit::tools::node())
         .args(["--test", "--test-reporter=spec"])
         .current_dir(&dir)
         .env("GATEWAY_BIN", env!("CARGO_BIN_EXE_gateway"))

@@ -483,6 +483,29 @@ async fn binary_push_is_broadcast_as_a_binary_frame() {
     assert_eq!(a.recv_json().await, ok(&ja, "70", "room:bin", json!({})));
 }
 
+/// A channel answering with a binary response gets a kind-1 binary reply frame (protocol §2.3):
+/// status `accepted`, the pushed bytes as the response; never a JSON `phx_reply`.
+#[tokio::test]
+async fn a_binary_response_is_a_kind_1_reply() {
+    let (node, _) = node().await;
+    let mut c = node.ws().await;
+    let (jr, _) = c.join("test:bin", json!({})).await;
+    let welcome = c.recv_json().await;
+    assert_eq!(welcome[3], "welcome");
+    // kind 0 push of `custom`, which TestChannel answers with its payload as the response
+    let mut frame = vec![0u8, jr.len() as u8, 2, 8, 6];
+    frame.extend_from_slice(jr.as_bytes());
+    frame.extend_from_slice(b"71test:bincustom");
+    frame.extend_from_slice(&[0, 255, 7]);
+    c.send_binary(&frame).await;
+    // kind 1: join_ref, ref, topic, status, then the response bytes
+    let mut expected = vec![1u8, jr.len() as u8, 2, 8, 8];
+    expected.extend_from_slice(jr.as_bytes());
+    expected.extend_from_slice(b"71test:binaccepted");
+    expected.extend_from_slice(&[0, 255, 7]);
+    assert_eq!(c.recv().await, Some(Frame::Binary(expected)));
+}
+
 #[tokio::test]
 async fn server_pings_get_pongs_and_client_pings_are_answered() {
     let (node, _) = node().await;

@@ -1,29 +1,36 @@
-//! A minimal keep-alive HTTP/1.1 client for the two requests the harness makes: `POST
-//! /api/broadcast` (publisher) and `GET /metrics` (server memory and CPU).
-//!
-//! Hand-written like the WebSocket client so the crate needs no HTTP client stack; it supports
-//! exactly what those endpoints answer with: `Content-Length`, chunked, or read-to-EOF bodies.
+//! HTTP/1.1 for the two requests the harness makes: `POST /api/broadcast` (publisher, on a
+//! keep-alive connection it owns) and `GET /metrics` (server memory and CPU), on hyper's client
+//! connection API. No pool: each publisher keeps one connection to one node and reconnects
+//! itself after an error, so a dropped connection is counted where it happens.
 
-use crate::ws::find;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::HOST;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Largest response accepted (metrics pages are a few KiB).
+/// Largest response body accepted (metrics pages are a few KiB).
 const MAX_RESPONSE: usize = 4 << 20;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// Socket error.
+    /// Socket error while connecting.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    /// The response could not be parsed.
-    #[error("malformed response: {0}")]
-    Malformed(&'static str),
-    /// The connection closed before a complete response.
-    #[error("connection closed mid-response")]
-    Closed,
+    /// The request could not be built (bad method, path or header).
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    /// The connection failed or the response could not be parsed.
+    #[error("http: {0}")]
+    Hyper(#[from] hyper::Error),
+    /// The body failed mid-read or was larger than `MAX_RESPONSE`.
+    #[error("response body: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A response status and body.
@@ -38,12 +45,11 @@ pub struct Response {
 /// One keep-alive connection to a node.
 #[derive(Debug)]
 pub struct HttpConn {
-    /// The socket.
-    stream: TcpStream,
+    /// Requests go out here; hyper's connection task (spawned) drives the socket and ends when
+    /// this is dropped.
+    sender: SendRequest<Full<Bytes>>,
     /// `IP:PORT` for the Host header.
     host: String,
-    /// Bytes read past the previous response (pipelining leftovers; normally empty).
-    buf: Vec<u8>,
 }
 
 impl HttpConn {
@@ -51,10 +57,14 @@ impl HttpConn {
     pub async fn connect(addr: SocketAddr) -> Result<HttpConn, HttpError> {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // its errors reach the caller through the next `send_request`
+            let _ = conn.await;
+        });
         Ok(HttpConn {
-            stream,
+            sender,
             host: addr.to_string(),
-            buf: Vec::new(),
         })
     }
 
@@ -66,104 +76,24 @@ impl HttpConn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, HttpError> {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
-            self.host,
-            body.len()
-        );
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.host);
         for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            req = req.header(*k, *v);
         }
-        req.push_str("\r\n");
-        let mut wire = req.into_bytes();
-        wire.extend_from_slice(body);
-        self.stream.write_all(&wire).await?;
-        self.read_response().await
-    }
-
-    /// Reads more bytes into `buf`; false on EOF.
-    async fn fill(&mut self) -> Result<bool, HttpError> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
-        if self.buf.len() + n > MAX_RESPONSE {
-            return Err(HttpError::Malformed("response too large"));
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n > 0)
-    }
-
-    /// Parses one response from the stream.
-    async fn read_response(&mut self) -> Result<Response, HttpError> {
-        let head_end = loop {
-            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
-                break p + 4;
-            }
-            if !self.fill().await? {
-                return Err(HttpError::Closed);
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end);
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or(HttpError::Malformed("status line"))?;
-        let (mut length, mut chunked) = (None, false);
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim(), v.trim());
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = Some(v.parse().map_err(|_| HttpError::Malformed("length"))?);
-                } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = v.eq_ignore_ascii_case("chunked");
-                }
-            }
-        }
-        let body = if chunked {
-            self.read_chunked().await?
-        } else if let Some(n) = length {
-            while self.buf.len() < n {
-                if !self.fill().await? {
-                    return Err(HttpError::Closed);
-                }
-            }
-            self.buf.drain(..n).collect()
-        } else {
-            while self.fill().await? {}
-            std::mem::take(&mut self.buf)
-        };
+        let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(HttpError::Body)?
+            .to_bytes()
+            .to_vec();
         Ok(Response { status, body })
-    }
-
-    /// Reads a chunked body.
-    async fn read_chunked(&mut self) -> Result<Vec<u8>, HttpError> {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(p) = find(&self.buf, b"\r\n") {
-                    break p;
-                }
-                if !self.fill().await? {
-                    return Err(HttpError::Closed);
-                }
-            };
-            let size_text = String::from_utf8_lossy(&self.buf[..line_end]);
-            let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_hex, 16)
-                .map_err(|_| HttpError::Malformed("chunk size"))?;
-            while self.buf.len() < line_end + 2 + size + 2 {
-                if !self.fill().await? {
-                    return Err(HttpError::Closed);
-                }
-            }
-            body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
-            self.buf.drain(..line_end + 2 + size + 2);
-            if size == 0 {
-                return Ok(body);
-            }
-        }
     }
 }
 
@@ -177,6 +107,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// Serves the given raw responses, one per request, on a loopback listener.
@@ -206,5 +137,24 @@ mod tests {
         assert_eq!((r.status, r.body.as_slice()), (202, &b"ok"[..]));
         let r = c.request("GET", "/y", &[], b"").await.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"abcde"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_an_error() {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            MAX_RESPONSE + 1
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let _ = s.write_all(&vec![b'x'; MAX_RESPONSE + 1]).await;
+        });
+        let err = get(addr, "/metrics").await.unwrap_err();
+        assert!(matches!(err, HttpError::Body(_)), "{err}");
     }
 }

@@ -11,6 +11,8 @@
 //! Node ids and prefixes may not contain `{`, `}` or whitespace (checked by `Config::validate`),
 //! so the only hash tag in a name is the one placed here.
 
+use std::hash::Hasher;
+
 /// Number of Redis Cluster hash slots.
 pub const SLOTS: u16 = 16384;
 
@@ -116,33 +118,16 @@ pub fn slot(name: &str) -> u16 {
             (close > 0).then(|| &after[..close])
         })
         .unwrap_or(bytes);
-    crc16_xmodem(hashed) % SLOTS
-}
-
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
 }
 
 /// Which of `connections` subscriber connections owns `channel`: a stable FNV-1a hash, so the
 /// same topic maps to the same connection in every process and across restarts.
 pub fn connection_of(channel: &str, connections: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in channel.as_bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % connections.max(1) as u64) as usize
+    let mut hash = fnv::FnvHasher::default();
+    // `write`, not `Hash::hash`: the bare bytes, without the `str` terminator byte
+    hash.write(channel.as_bytes());
+    (hash.finish() % connections.max(1) as u64) as usize
 }
 
 #[cfg(test)]
@@ -187,12 +172,14 @@ mod tests {
     #[test]
     fn slots_match_redis() {
         // Values from CLUSTER KEYSLOT on redis-server 7.0.
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
         assert_eq!(slot("foo"), 12182);
         assert_eq!(slot("bar"), 5061);
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
-        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
-        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        // an empty first tag hashes the whole name; only the first `{...}` counts
+        assert_eq!(slot("foo{}{bar}"), 8363);
+        assert_eq!(slot("foo{}"), 5542);
+        assert_eq!(slot("foo{{bar}}zap"), 4015);
+        assert_eq!(slot("foo{bar}{zap}"), 5061);
     }
 
     #[test]
@@ -203,9 +190,12 @@ mod tests {
             counts[connection_of(&format!("gw:t:room:{i}"), 4)] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (published test vector): every process
+        // and every build maps a channel to the same connection
         assert_eq!(
-            connection_of("gw:t:x", 3),
-            connection_of(&String::from("gw:t:x"), 3)
+            connection_of("a", 1000),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1000) as usize
         );
+        assert_eq!(connection_of("a", 0), 0);
     }
 }

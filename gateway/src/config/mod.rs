@@ -84,7 +84,8 @@ pub struct Config {
     pub presence_batch: Duration,
     /// Period of each node's presence heartbeat (default 1 s).
     pub presence_heartbeat: Duration,
-    /// A node not heard for this long is down and its presences leave (default 5 s).
+    /// A dead node's presences leave within this of its death (default 5 s): it is declared
+    /// down once not heard for this minus one heartbeat.
     pub presence_down_after: Duration,
     /// Update per-message metrics (default on; off only to measure their cost).
     pub message_metrics: bool,

@@ -7,10 +7,14 @@
 //!   every node answers with its own share, directly (`State`);
 //! * `Heartbeat` on `HEARTBEAT_TOPIC`: every node's id and boot incarnation, every `heartbeat`.
 //!
-//! A node silent for `down_after` is declared down and its presences leave; a new incarnation
-//! replaces the old one at once. While this node cannot hear the cluster (PubSub not ready)
-//! nobody is declared down, and when it hears again it re-syncs every topic, so a Redis restart
-//! produces no leave/join for users who never left.
+//! A dead node's presences leave everywhere within `down_after` of its death: every node
+//! declares it down once silent for `down_after − heartbeat` (it died at or after the last
+//! heartbeat heard), checking on every tick, and its clients get the leave at the next tick's
+//! flush; two ticks fit in the heartbeat period left over whenever the tick (the diff batch
+//! interval, 20 ms by default) is at most half the heartbeat (1 s by default). A new
+//! incarnation replaces the old one at once. While this node cannot hear the cluster (PubSub
+//! not ready) nobody is declared down, and when it hears again it re-syncs every topic, so a
+//! Redis restart produces no leave/join for users who never left.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -262,7 +266,9 @@ impl Presence {
     }
 
     /// The tracker's periodic work, forever: heartbeats, down detection, re-sync after
-    /// deafness, and the batched flush of client diffs.
+    /// deafness, and the batched flush of client diffs. Down detection runs on every tick, not
+    /// once per heartbeat, so when a node is removed does not depend on this node's heartbeat
+    /// phase.
     pub async fn run(self: Arc<Self>) {
         let pubsub = self.hub.pubsub().clone();
         pubsub.subscribe(HEARTBEAT_TOPIC);
@@ -276,27 +282,40 @@ impl Presence {
         } else {
             batch.min(period)
         };
+        // silence measured from the last heartbeat heard; the node died at or after it
+        let silent_limit = down_after.saturating_sub(period);
         let mut tick = tokio::time::interval(tick_every);
         let mut last_beat = Instant::now() - period;
         let mut was_ready = pubsub.is_ready();
+        // whether this node lost the cluster after hearing it (an outage, not the start-up)
+        let mut was_deaf = false;
         loop {
             tick.tick().await;
             self.flush();
-            if last_beat.elapsed() < period {
-                continue;
+            let beat = last_beat.elapsed() >= period;
+            if beat {
+                last_beat = Instant::now();
+                self.publish(HEARTBEAT_TOPIC, PresenceMessage::Heartbeat(self.me()));
             }
-            last_beat = Instant::now();
+            // deafness is noticed on any tick (a short outage must not go unseen), recovery
+            // only at the heartbeat's pace, so a broker connection flapping while it comes back
+            // re-syncs once per heartbeat, not once per tick
             let ready = pubsub.is_ready();
-            self.publish(HEARTBEAT_TOPIC, PresenceMessage::Heartbeat(self.me()));
             if !ready {
+                was_deaf |= was_ready;
                 was_ready = false;
-                continue; // deaf: nobody can be judged
             }
-            if !was_ready {
+            if beat && ready && !was_ready {
                 was_ready = true;
                 info!("pubsub is back: re-syncing presence");
-                for seen in self.nodes().values_mut() {
-                    seen.last = Instant::now();
+                if was_deaf {
+                    // after an outage every node gets the whole `down_after` from now to be
+                    // heard again: the others reconnect to the broker on their own schedule.
+                    // (Before the first readiness nobody was missed: no reset.)
+                    let fresh = Instant::now() + period;
+                    for seen in self.nodes().values_mut() {
+                        seen.last = fresh;
+                    }
                 }
                 for topic in self.replicas.topic_names() {
                     // This node's whole share (the others replace what they hold of it), and
@@ -305,11 +324,14 @@ impl Presence {
                     self.ask(&topic);
                 }
             }
+            if !was_ready {
+                continue; // deaf: nobody can be judged
+            }
             let down: Vec<Arc<str>> = {
                 let mut nodes = self.nodes();
                 let down: Vec<Arc<str>> = nodes
                     .iter()
-                    .filter(|(_, s)| s.last.elapsed() > down_after)
+                    .filter(|(_, s)| s.last.elapsed() > silent_limit)
                     .map(|(n, _)| n.clone())
                     .collect();
                 for n in &down {
@@ -321,9 +343,11 @@ impl Presence {
                 info!(node = %n, "node is down: its presences leave");
                 self.remove_node(&n, None);
             }
-            self.metrics
-                .presence_entries
-                .set(self.replicas.entries() as i64);
+            if beat {
+                self.metrics
+                    .presence_entries
+                    .set(self.replicas.entries() as i64);
+            }
         }
     }
 }

@@ -12,23 +12,35 @@ use serde_json::Value;
 
 pub use tempfile::TempDir;
 
-/// `name` from PATH, else from the Python scripts directory (pyenv creates its PATH shims
-/// only on a rehash), else from `/usr/sbin` or `/usr/local/bin`.
+/// Where `.ci/setup` installs the tools that are not Debian packages: the Python tools (and Node
+/// when the machine has none recent enough) in a virtual environment at a fixed place of the
+/// repository, so no test depends on the caller's PATH for them.
+pub fn venv_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-tools/venv/bin")
+}
+
+/// `name` from [`venv_bin`], else from PATH, else from `/usr/sbin` or `/usr/local/bin` (the
+/// Debian packages' daemons, e.g. haproxy, where root's PATH may lack sbin).
 pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Ok(out) = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-    {
-        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
+    let mut dirs = vec![venv_bin()];
+    dirs.extend(
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
     dirs.extend(["/usr/sbin", "/usr/local/bin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The Python interpreter of [`venv_bin`] (it has PyYAML), else `python3` from PATH.
+pub fn python3() -> PathBuf {
+    find_tool("python3").unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// `node` from [`venv_bin`] (linked there by `.ci/setup` when the machine's was missing or
+/// older than 20), else the machine's own.
+pub fn node() -> PathBuf {
+    find_tool("node").unwrap_or_else(|| PathBuf::from("node"))
 }
 
 /// [`find_tool`], failing the test with `how` (what installs it) when it is missing.
@@ -83,7 +95,7 @@ pub fn stdout(out: &Output) -> String {
 /// with the deploy validators); anchors and merge keys are resolved.
 pub fn yaml_docs(text: &str) -> Vec<Value> {
     let out = run_with_input(
-        Command::new("python3").arg("-c").arg(
+        Command::new(python3()).arg("-c").arg(
             "import json, sys, yaml\n\
              print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
         ),
@@ -91,7 +103,7 @@ pub fn yaml_docs(text: &str) -> Vec<Value> {
     );
     assert!(
         out.status.success(),
-        "YAML parse failed (PyYAML missing? run `bash .ci/setup-deploy`):\n{}",
+        "YAML parse failed (PyYAML missing? run `.ci/setup`):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("YAML as JSON")

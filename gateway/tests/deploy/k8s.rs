@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use testkit::redis::RedisServer;
-use testkit::tools::{check, run, stdout, temp_dir, write_file, yaml_file};
+use testkit::tools::{check, python3, run, stdout, temp_dir, write_file, yaml_file};
 use testkit::{http, Client};
 
 use crate::{
@@ -149,7 +149,7 @@ fn deployments_drain_within_the_grace_period_and_stay_locked_down() {
 #[test]
 fn prometheus_rule_is_the_compose_rules_file() {
     check(
-        Command::new("python3")
+        Command::new(python3())
             .arg(root().join("deploy/k8s/monitoring/sync-rules.py"))
             .arg("--check"),
     );

@@ -276,6 +276,31 @@ test("presence: a SIGKILLed node's users leave every other client's list within 
   }
 })
 
+test("presence: at default settings a SIGKILLed node's users leave the other node's clients within 5 s", {timeout: 60000}, async t => {
+  const fx = fixture(t)
+  // no presence flags: heartbeat 1 s, down after 5 s, diffs batched over 20 ms
+  const {nodes} = await fx.cluster(2)
+  const [a, b] = nodes
+  const topic = "room:nodedown-defaults"
+  const ann = member(fx, a, topic, {user: "ann"}, "ann-on-A")
+  const bob = member(fx, b, topic, {user: "bob"}, "bob-on-B")
+  await Promise.all([ann, bob].map(v => okJoins(v.channel, 1)))
+  await allShaped([ann, bob], {ann: 1, bob: 1})
+  const mark = ann.mark()
+
+  const t0 = performance.now()
+  b.proc.kill("SIGKILL")
+  await b.waitExit(5000)
+  const limit = 5000
+  // waited past the limit so a late removal is measured rather than just timing out
+  const gone = await ann.waitSync(list => !list.bob, "bob gone", {timeout: limit + 3000, from: mark.syncs})
+  const elapsed = Math.round(gone.at - t0)
+  t.diagnostic(`bob (on the killed node) left ann's list ${elapsed} ms after the kill`)
+  assert.ok(elapsed <= limit, `bob left ${elapsed} ms after the kill; limit ${limit} ms`)
+  assert.deepEqual(ann.leavesSince(mark).map(l => l.key), ["bob"], "exactly bob left")
+  assert.deepEqual(Object.keys(ann.list()), ["ann"])
+})
+
 /**
  * Redis restart scenario: every node loses Redis, Redis comes back empty on the same port after
  * `outageMs`, and the clients (whose WebSockets stay up) must keep identical lists with no

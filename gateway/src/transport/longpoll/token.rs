@@ -6,6 +6,7 @@
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -63,12 +64,7 @@ impl Token {
     /// Whether the signature is valid for `secret` (constant-time comparison).
     pub fn verify(&self, secret: &[u8]) -> bool {
         let expected = mac(secret, self.key, self.nonce, &self.node);
-        expected.len() == self.sig.len()
-            && expected
-                .bytes()
-                .zip(self.sig.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
+        expected.as_bytes().ct_eq(self.sig.as_bytes()).into()
     }
 }
 
