@@ -41,10 +41,33 @@ pub struct Meta {
 struct TopicState {
     /// key → metas.
     entries: HashMap<String, Vec<Meta>>,
-    /// Joins not yet sent to local clients: key → meta JSON.
-    joins: BTreeMap<String, Vec<Bytes>>,
-    /// Leaves not yet sent to local clients: key → meta JSON.
-    leaves: BTreeMap<String, Vec<Bytes>>,
+    /// Joins not yet sent to local clients: key → metas.
+    joins: Pending,
+    /// Leaves not yet sent to local clients: key → metas.
+    leaves: Pending,
+}
+
+/// Metas of a batched diff side (joins or leaves): key → (phx_ref, meta JSON). The ref lets a
+/// join cancel a leave of the same meta in the same batch: phoenix.js applies a diff's joins
+/// before its leaves, so a meta that left and came back within one batch (a node judged down
+/// and heard again) must not be among the leaves, or clients would drop a presence the replica
+/// holds. It stays among the joins, for clients whose `presence_state` came between the two.
+/// (A join then a leave keeps both: joins-then-leaves ends without it, as it should.)
+type Pending = BTreeMap<String, Vec<(Arc<str>, Bytes)>>;
+
+/// Removes `phx_ref` from `key`'s metas in `pending`; whether it was there.
+fn cancel(pending: &mut Pending, key: &str, phx_ref: &str) -> bool {
+    let Some(metas) = pending.get_mut(key) else {
+        return false;
+    };
+    let Some(i) = metas.iter().position(|(r, _)| &**r == phx_ref) else {
+        return false;
+    };
+    metas.remove(i);
+    if metas.is_empty() {
+        pending.remove(key);
+    }
+    true
 }
 
 /// A change to apply to a replica.
@@ -70,9 +93,14 @@ pub struct Replicas {
 }
 
 /// Render `{"key":{"metas":[...]}, ...}`.
-fn render_map(map: &BTreeMap<String, Vec<Bytes>>) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(64 + map.values().flatten().map(|m| m.len() + 1).sum::<usize>());
+fn render_map<M: AsRef<[u8]>>(map: &BTreeMap<String, Vec<M>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + map
+            .values()
+            .flatten()
+            .map(|m| m.as_ref().len() + 1)
+            .sum::<usize>(),
+    );
     out.push(b'{');
     for (i, (key, metas)) in map.iter().enumerate() {
         if i > 0 {
@@ -85,7 +113,7 @@ fn render_map(map: &BTreeMap<String, Vec<Bytes>>) -> Vec<u8> {
             if j > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(m);
+            out.extend_from_slice(m.as_ref());
         }
         out.extend_from_slice(b"]}");
     }
@@ -166,7 +194,11 @@ impl Replicas {
                 if metas.is_empty() {
                     state.entries.remove(&key);
                 }
-                state.leaves.entry(key).or_default().push(m.json);
+                state
+                    .leaves
+                    .entry(key)
+                    .or_default()
+                    .push((m.phx_ref, m.json));
                 changed = true;
             }
         }
@@ -175,7 +207,10 @@ impl Replicas {
             if metas.iter().any(|m| m.phx_ref == meta.phx_ref) {
                 continue;
             }
-            state.joins.entry(key).or_default().push(meta.json.clone());
+            // back within the batch it left in: the diff carries the join only
+            cancel(&mut state.leaves, &key, &meta.phx_ref);
+            let pending = (meta.phx_ref.clone(), meta.json.clone());
+            state.joins.entry(key).or_default().push(pending);
             metas.push(meta);
             changed = true;
         }
@@ -299,9 +334,15 @@ impl Replicas {
                 let Some(state) = topics.get_mut(&topic) else {
                     continue;
                 };
+                let json = |pending: Pending| -> BTreeMap<String, Vec<Bytes>> {
+                    pending
+                        .into_iter()
+                        .map(|(k, metas)| (k, metas.into_iter().map(|(_, j)| j).collect()))
+                        .collect()
+                };
                 (
-                    std::mem::take(&mut state.joins),
-                    std::mem::take(&mut state.leaves),
+                    json(std::mem::take(&mut state.joins)),
+                    json(std::mem::take(&mut state.leaves)),
                 )
             };
             if joins.is_empty() && leaves.is_empty() {
@@ -366,5 +407,56 @@ mod tests {
         assert_eq!(p.state("t").bytes().as_ref(), b"{}");
         let oversized = Map::from_iter([("blob".to_string(), Value::from("x".repeat(5000)))]);
         assert!(p.local_meta(None, oversized, None).json.len() < 200);
+    }
+    /// A meta that leaves and comes back within one batch (its node judged down, then heard
+    /// again) is not among the diff's leaves: phoenix.js applies joins before leaves, so a diff
+    /// carrying both would drop it from clients' lists while the replica holds it.
+    #[test]
+    fn a_meta_back_within_its_leave_batch_is_not_among_the_leaves() {
+        let p = Replicas::new("n1");
+        let bob = p.local_meta(Some(1), Map::new(), None);
+        let join = |m: &Meta| Change {
+            joins: vec![("bob".into(), m.clone())],
+            leaves: vec![],
+        };
+        let leave = |m: &Meta| Change {
+            joins: vec![],
+            leaves: vec![("bob".into(), m.phx_ref.clone())],
+        };
+        let diff = |p: &Replicas| -> Value {
+            let diffs = p.take_diffs();
+            assert_eq!(diffs.len(), 1);
+            serde_json::from_slice(diffs[0].1.bytes()).unwrap()
+        };
+        p.apply("t", join(&bob));
+        diff(&p);
+
+        assert!(p.apply("t", leave(&bob)));
+        assert!(p.apply("t", join(&bob)));
+        let d = diff(&p);
+        assert_eq!(
+            d["leaves"],
+            serde_json::json!({}),
+            "no leave for a meta that came back"
+        );
+        assert_eq!(
+            d["joins"]["bob"]["metas"][0]["phx_ref"],
+            Value::from(&*bob.phx_ref)
+        );
+        assert_eq!(p.list("t")["bob"].len(), 1);
+
+        // joined and gone within one batch: both sides, so joins-then-leaves ends without it
+        let cat = p.local_meta(Some(2), Map::new(), None);
+        assert!(p.apply("t", join(&cat)));
+        assert!(p.apply("t", leave(&cat)));
+        let d = diff(&p);
+        assert_eq!(
+            d["joins"]["bob"]["metas"][0]["phx_ref"],
+            Value::from(&*cat.phx_ref)
+        );
+        assert_eq!(
+            d["leaves"]["bob"]["metas"][0]["phx_ref"],
+            Value::from(&*cat.phx_ref)
+        );
     }
 }

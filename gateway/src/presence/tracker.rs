@@ -287,8 +287,6 @@ impl Presence {
         let mut tick = tokio::time::interval(tick_every);
         let mut last_beat = Instant::now() - period;
         let mut was_ready = pubsub.is_ready();
-        // whether this node lost the cluster after hearing it (an outage, not the start-up)
-        let mut was_deaf = false;
         loop {
             tick.tick().await;
             self.flush();
@@ -301,21 +299,18 @@ impl Presence {
             // only at the heartbeat's pace, so a broker connection flapping while it comes back
             // re-syncs once per heartbeat, not once per tick
             let ready = pubsub.is_ready();
-            if !ready {
-                was_deaf |= was_ready;
-                was_ready = false;
-            }
+            was_ready &= ready;
             if beat && ready && !was_ready {
                 was_ready = true;
                 info!("pubsub is back: re-syncing presence");
-                if was_deaf {
-                    // after an outage every node gets the whole `down_after` from now to be
-                    // heard again: the others reconnect to the broker on their own schedule.
-                    // (Before the first readiness nobody was missed: no reset.)
-                    let fresh = Instant::now() + period;
-                    for seen in self.nodes().values_mut() {
-                        seen.last = fresh;
-                    }
+                // Every node gets the whole `down_after` from now to be heard again: the others
+                // reconnect to the broker on their own schedule. Always, not only after an
+                // outage seen while ready: an outage can begin before this node's first ready
+                // heartbeat (Redis dying just after start-up), and the nodes heard meanwhile
+                // must not be judged by the silence of the outage.
+                let fresh = Instant::now() + period;
+                for seen in self.nodes().values_mut() {
+                    seen.last = fresh;
                 }
                 for topic in self.replicas.topic_names() {
                     // This node's whole share (the others replace what they hold of it), and
