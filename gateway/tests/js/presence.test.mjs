@@ -361,13 +361,20 @@ async function redisRestartScenario(t, {outageMs}){
   for(const [i, v] of views.entries()){
     assert.deepEqual(v.leavesSince(marks[i]).map(l => [l.key, l.refs]), [],
       `${v.name}: no leave callback for users who never left (Redis restart)`)
-    assert.deepEqual(v.joinsSince(marks[i]).map(j => [j.key, j.refs]), [["eve", eveMetas.map(m => m.phx_ref)]],
-      `${v.name}: the only join callback is eve's`)
+    // Only joins that added a meta: the diff of the first sync may reach a client after its
+    // presence_state already listed those metas (phoenix.js then fires onJoin without a change,
+    // as for a Phoenix client's own join), and it may arrive after the mark above.
+    assert.deepEqual(v.newJoinsSince(marks[i]).map(j => [j.key, j.refs]), [["eve", eveMetas.map(m => m.phx_ref)]],
+      `${v.name}: the only join that added a meta is eve's`)
     const syncs = v.syncs.items.slice(marks[i].syncs).map(s => shape(s.list))
     assert.ok(syncs.every(s => s.ann === 2 && s.bob === 1 && s.cat === 1),
       `${v.name} never listed fewer users during the restart: ${show(syncs)}`)
     assert.equal(v.client.events.count(e => e.kind === "close"), closesBefore[i], `${v.name}'s WebSocket stayed up`)
     assert.equal(v.channel.joins.count(j => j.status === "ok"), 1, `${v.name} was never rejoined`)
+  }
+  // the cause such joins and leaves would have: a node judging another down over the outage
+  for(const gw of nodes){
+    assert.doesNotMatch(gw.log(), /node is down|node restarted/, `${gw.name} judged no node down or restarted`)
   }
 }
 
