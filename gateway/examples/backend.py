@@ -106,6 +106,9 @@ HOOKS = {"connect": connect, "join": join, "event": event, "leave": leave}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the gateway pools its connections
+    # The head and the body are two writes: without TCP_NODELAY, Nagle holds the body until the
+    # gateway's delayed ACK (40 ms per request).
+    disable_nagle_algorithm = True
     secret = None
 
     def log_message(self, *args):
