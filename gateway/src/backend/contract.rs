@@ -121,12 +121,12 @@ pub fn join_body(topic: &str, payload: Value, session: &SessionInfo) -> Value {
 }
 
 /// The `event` body.
-pub fn event_body(topic: &str, event: &str, payload: Value, session: &Value) -> Value {
+pub fn event_body(topic: &str, event: &str, payload: Value, session: &RawValue) -> Value {
     json!({ "topic": topic, "event": event, "payload": payload, "session": session })
 }
 
 /// The `leave` body.
-pub fn leave_body(topic: &str, session: &Value, reason: &str) -> Value {
+pub fn leave_body(topic: &str, session: &RawValue, reason: &str) -> Value {
     json!({ "topic": topic, "session": session, "reason": reason })
 }
 

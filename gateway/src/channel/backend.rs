@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -55,8 +56,9 @@ impl std::fmt::Debug for BackendChannel {
 
 /// A joined backend channel.
 struct Instance {
-    /// The `session` object of this channel's hook bodies (the join may replace its assigns).
-    session: Arc<Value>,
+    /// The `session` object of this channel's hook bodies (the join may replace its assigns),
+    /// kept as JSON text: one allocation per idle joined channel, copied into each body.
+    session: Arc<RawValue>,
     /// The events' queue and task, made on the first backend event (none while idle).
     queue: Option<Queue>,
 }
@@ -151,8 +153,10 @@ impl Channel for BackendChannel {
         // Presence tracking and (for other policies) the join decision.
         match self.inner.join(topic, payload, ctx).await? {
             Join::Ok(inner) => {
+                let session = serde_json::value::to_raw_value(&info.to_json())
+                    .map_err(|e| ChannelError(Cow::Owned(e.to_string())))?;
                 self.joined = Some(Box::new(Instance {
-                    session: Arc::new(info.to_json()),
+                    session: session.into(),
                     queue: None,
                 }));
                 Ok(Join::Ok(response.unwrap_or(inner)))
@@ -171,9 +175,9 @@ impl Channel for BackendChannel {
         payload: Payload,
         ctx: &mut ChannelContext<'_>,
     ) -> Result<Option<Reply>, ChannelError> {
-        let listed = self.spec.broadcast.iter().chain(&self.spec.broadcast_from);
+        let mut listed = self.spec.broadcast.iter().chain(&self.spec.broadcast_from);
         if self.spec.handle_in != HandleIn::Backend
-            || listed.clone().any(|e| e == event)
+            || listed.any(|e| e == event)
             || (self.spec.presence && event == "presence_update")
         {
             return self.inner.handle_in(event, payload, ctx).await;
@@ -204,7 +208,7 @@ impl Channel for BackendChannel {
         }
     }
 
-    async fn terminate(&mut self, why: Terminate, _ctx: &mut ChannelContext<'_>) {
+    async fn terminate(&mut self, why: Terminate, ctx: &mut ChannelContext<'_>) {
         let Some(instance) = self.joined.take() else {
             return;
         };
@@ -226,7 +230,7 @@ impl Channel for BackendChannel {
             }
             None if self.backend.leave => {
                 let (backend, session) = (self.backend.clone(), instance.session);
-                let body = contract::leave_body(_ctx.topic(), &session, reason);
+                let body = contract::leave_body(ctx.topic(), &session, reason);
                 tokio::spawn(async move {
                     let _ = backend.call(Hook::Leave, &body).await;
                 });
@@ -237,7 +241,7 @@ impl Channel for BackendChannel {
 }
 
 /// Start an instance's task and return its queue.
-fn spawn(backend: Arc<Backend>, channel: ChannelHandle, session: Arc<Value>) -> Queue {
+fn spawn(backend: Arc<Backend>, channel: ChannelHandle, session: Arc<RawValue>) -> Queue {
     let (tx, rx) = mpsc::channel(QUEUE);
     let token = CancellationToken::new();
     let cancelled = token.clone();
@@ -258,7 +262,7 @@ fn spawn(backend: Arc<Backend>, channel: ChannelHandle, session: Arc<Value>) -> 
 async fn run(
     backend: Arc<Backend>,
     channel: ChannelHandle,
-    session: Arc<Value>,
+    session: Arc<RawValue>,
     mut rx: mpsc::Receiver<Work>,
 ) {
     while let Some(work) = rx.recv().await {
