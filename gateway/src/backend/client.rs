@@ -146,6 +146,17 @@ impl Backend {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        // Every series at 0 from the start on a node with a backend, so rates and the
+        // GatewayBackendErrors ratio are defined before the first failure.
+        for hook in [Hook::Connect, Hook::Join, Hook::Event, Hook::Leave] {
+            metrics.backend_requests.with_label_values(&[hook.as_str()]);
+            metrics.backend_seconds.with_label_values(&[hook.as_str()]);
+            for reason in ["timeout", "unavailable", "error", "busy"] {
+                metrics
+                    .backend_errors
+                    .with_label_values(&[hook.as_str(), reason]);
+            }
+        }
         Backend {
             client,
             base: spec.url.trim_end_matches('/').to_owned(),
