@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict"
 import {test} from "node:test"
+import {LongPoll} from "phoenix"
 import {fixture, firstJoin, nextMessage, push} from "./helpers/fixture.mjs"
 import {awaitMesh, freePort, metric} from "./helpers/cluster.mjs"
 import {backendConfig, startBackend} from "./helpers/backend.mjs"
@@ -38,6 +39,13 @@ test("connect: params are checked by the backend; joins accepted and refused wit
   // The assigns of connect and join reach the event hook.
   assert.deepEqual(await push(game, "ping", {x: 1}),
     {status: "ok", response: {pong: {x: 1}, user: "ann", room: "game:1"}})
+
+  // The same over phoenix.js' LongPoll transport: its open request carries the params too.
+  const lou = fx.client(gw, {params: {user: "lou"}, transport: LongPoll}, "lou")
+  const louGame = lou.channel("game:1")
+  assert.deepEqual(await firstJoin(louGame), {status: "ok", response: {welcome: "lou", topic: "game:1"}})
+  assert.deepEqual(await push(louGame, "ping", {}),
+    {status: "ok", response: {pong: {}, user: "lou", room: "game:1"}})
 
   const mallory = fx.client(gw, {params: {user: "mallory"}}, "mallory")
   await mallory.events.waitFor(e => e.kind === "error", {what: "the refused connect"})
