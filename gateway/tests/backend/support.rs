@@ -50,7 +50,7 @@ pub fn spec(url: String) -> BackendSpec {
     }
 }
 
-/// A node whose `game:*` joins and events go to the backend `spec`; `shout_local` is a listed
+/// A node whose `game:*` joins and events go to the backend `spec`; `chat` is a listed
 /// broadcast that never reaches the backend.
 pub fn config(spec: BackendSpec) -> Config {
     Config {
