@@ -30,6 +30,8 @@ pub enum Refusal {
     Full,
     /// The source address exceeded its connect rate; retry after this many seconds.
     IpRate(u32),
+    /// The backend's connect hook failed (timeout, unavailable, busy, bad answer).
+    Backend,
 }
 
 impl Refusal {
@@ -38,13 +40,14 @@ impl Refusal {
         match self {
             Refusal::Full => "full",
             Refusal::IpRate(_) => "ip_rate",
+            Refusal::Backend => "backend_failed",
         }
     }
 
     /// The HTTP answer: 503 or 429, with `Retry-After`.
     pub fn response(self) -> Response {
         let (status, after) = match self {
-            Refusal::Full => (StatusCode::SERVICE_UNAVAILABLE, 5),
+            Refusal::Full | Refusal::Backend => (StatusCode::SERVICE_UNAVAILABLE, 5),
             Refusal::IpRate(s) => (StatusCode::TOO_MANY_REQUESTS, s.max(1)),
         };
         let mut resp = (status, self.label()).into_response();

@@ -5,12 +5,12 @@
 //! refused.
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::TopicPattern;
 
-/// Claims of a verified token.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// Claims of a verified token (serialized into backend hook bodies as `session.claims`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Claims {
     /// Subject: the session id is `user_socket:<sub>`.
     #[serde(default)]

@@ -134,6 +134,13 @@ pub struct Cli {
     /// Serve /ws-echo, a plain WebSocket echo for conformance tests.
     #[arg(long, env = "GATEWAY_WS_ECHO")]
     pub ws_echo: bool,
+    /// Backend hook requests in flight on this node at most; more fail at once with
+    /// `backend busy` (the backend itself is configured in the `[backend]` table).
+    #[arg(long, env = "GATEWAY_BACKEND_MAX_IN_FLIGHT", default_value_t = D.backend_max_in_flight)]
+    pub backend_max_in_flight: usize,
+    /// Largest assigns a backend may set for one session, in bytes of JSON.
+    #[arg(long, env = "GATEWAY_BACKEND_ASSIGNS_MAX_BYTES", default_value_t = D.backend_assigns_max_bytes)]
+    pub backend_assigns_max_bytes: usize,
 }
 
 /// Why the flags do not make a config.
@@ -156,9 +163,9 @@ pub enum CliError {
 impl Cli {
     /// Build the node config from the flags (reading the config and key files).
     pub fn into_config(self) -> Result<Config, CliError> {
-        let channels = match &self.config {
-            Some(path) => ConfigFile::load(path)?.channels,
-            None => Vec::new(),
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
         };
         let jwt_public_key_pem = match &self.jwt_public_key {
             Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Key {
@@ -198,7 +205,10 @@ impl Cli {
             presence_down_after: Duration::from_millis(self.presence_down_after_ms),
             message_metrics: !self.no_message_metrics,
             ws_echo: self.ws_echo,
-            channels,
+            channels: file.channels,
+            backend: file.backend,
+            backend_max_in_flight: self.backend_max_in_flight,
+            backend_assigns_max_bytes: self.backend_assigns_max_bytes,
         })
     }
 }

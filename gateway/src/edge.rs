@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::admission::{Admission, PeerAddr, Refusal};
 use crate::auth::Auth;
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxLimits;
@@ -25,6 +26,8 @@ pub struct Edge {
     pub admission: Admission,
     /// Set when the drain starts: `/readyz` fails and new connections are refused.
     pub draining: AtomicBool,
+    /// The backend whose `connect` hook admits new sessions (when `[backend] connect = true`).
+    pub backend: Option<Arc<Backend>>,
 }
 
 impl std::fmt::Debug for Edge {

@@ -9,7 +9,8 @@
 //! * [`config`] — every setting and its default; channel rules. [`auth`] — JWT verification.
 //!   [`cluster`] — the typed messages nodes send each other, and their Redis envelopes.
 //! * [`pubsub`] — the cross-node trait, the in-process and Redis adapters, the node's inbox.
-//!   [`outbox`] — a session's bounded queue of frames.
+//!   [`outbox`] — a session's bounded queue of frames. [`backend`] — the backend hooks'
+//!   contract and their pooled, signed, bounded HTTP client.
 //! * [`registry`] — every live session, the `SessionHandle` other tasks touch, the clock.
 //! * [`hub`] — topic → sessions index, fastlane fan-out, cluster broadcasts.
 //! * [`presence`] — replicas, the tracker, phoenix.js `Presence` payloads.
@@ -27,6 +28,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod backend;
 pub mod channel;
 pub mod cli;
 pub mod cluster;

@@ -3,8 +3,8 @@
 //! per-topic labels (unbounded cardinality).
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics of a node. Cheap to update (atomics); shared through `Arc`.
@@ -78,6 +78,12 @@ pub struct Metrics {
     pub presence_entries: IntGauge,
     /// User-space bytes per live session: (RSS − RSS at startup) / sessions, set at each scrape.
     pub bytes_per_session: IntGauge,
+    /// Backend hook requests by hook (`connect`, `join`, `event`, `leave`), answered or not.
+    pub backend_requests: IntCounterVec,
+    /// Failed backend hooks by hook and reason (`timeout`, `unavailable`, `error`, `busy`).
+    pub backend_errors: IntCounterVec,
+    /// Time from sending a backend hook to its complete answer, by hook (failures included).
+    pub backend_seconds: HistogramVec,
     /// RSS right after startup, the baseline of `bytes_per_session`.
     baseline_rss: u64,
     /// Whether per-message metrics (bytes, frames, writes, deliveries, fan-out duration) are
@@ -167,7 +173,31 @@ impl Metrics {
             "1 when the node hears itself through the broker.",
         );
         pubsub_healthy.set(1);
+        let backend_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_backend_request_duration_seconds",
+                "Time from sending a backend hook to its complete answer, by hook.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+            &["hook"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(backend_seconds.clone()))
+            .expect("unique metric");
         let m = Metrics {
+            backend_requests: counter_vec(
+                &r,
+                "gateway_backend_requests_total",
+                "Backend hook requests, by hook.",
+                &["hook"],
+            ),
+            backend_errors: counter_vec(
+                &r,
+                "gateway_backend_errors_total",
+                "Failed backend hooks, by hook and reason (timeout, unavailable, error, busy).",
+                &["hook", "reason"],
+            ),
+            backend_seconds,
             bytes_per_session: gauge(&r, "gateway_memory_bytes_per_session", "User-space bytes per live session: RSS above the startup baseline divided by sessions."),
             baseline_rss: rss_bytes(),
             per_message: true,

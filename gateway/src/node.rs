@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::admission::Admission;
 use crate::auth::Auth;
-use crate::channel::{Channel, ConfigChannel, Router};
+use crate::backend::Backend;
+use crate::channel::{BackendChannel, Channel, ConfigChannel, Router};
 use crate::cluster::ClusterMessage;
 use crate::config::{ChannelSpec, Config};
 use crate::edge::Edge;
@@ -70,7 +71,7 @@ impl Gateway {
         self
     }
 
-    fn build_router(config: &Config, mut router: Router) -> Router {
+    fn build_router(config: &Config, mut router: Router, backend: Option<&Arc<Backend>>) -> Router {
         let specs = if config.channels.is_empty() && router.is_empty() {
             vec![ChannelSpec::demo()]
         } else {
@@ -79,7 +80,16 @@ impl Gateway {
         for spec in specs {
             let spec = Arc::new(spec);
             let pattern = spec.pattern.clone();
-            router = router.channel(&pattern, move |_| ConfigChannel::new(spec.clone()));
+            // `validate` made sure a backend pattern has its backend.
+            router = match backend.filter(|_| spec.uses_backend()) {
+                Some(backend) => {
+                    let backend = backend.clone();
+                    router.channel(&pattern, move |_| {
+                        BackendChannel::new(spec.clone(), backend.clone())
+                    })
+                }
+                None => router.channel(&pattern, move |_| ConfigChannel::new(spec.clone())),
+            };
         }
         router
     }
@@ -136,10 +146,19 @@ impl Gateway {
             },
             metrics.clone(),
         ));
+        let backend = config.backend.as_ref().map(|spec| {
+            info!(url = %spec.url, connect = spec.connect, "backend hooks on");
+            Arc::new(Backend::new(
+                spec,
+                config.backend_max_in_flight,
+                config.backend_assigns_max_bytes,
+                metrics.clone(),
+            ))
+        });
         let core = Arc::new(Core {
             hub,
             presence: presence.clone(),
-            router: Self::build_router(&config, router),
+            router: Self::build_router(&config, router, backend.as_ref()),
             registry: Registry::default(),
             metrics,
             limits: SessionLimits {
@@ -152,6 +171,7 @@ impl Gateway {
             core: core.clone(),
             admission: Admission::new(config.max_sessions, config.connect_rate_per_ip),
             draining: AtomicBool::new(false),
+            backend,
             auth,
             config,
         });

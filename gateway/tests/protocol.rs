@@ -140,6 +140,7 @@ fn config() -> Config {
                 join: JoinPolicy::Token,
                 broadcast: vec![],
                 broadcast_from: vec![],
+                handle_in: Default::default(),
                 presence: false,
                 presence_key: "user".into(),
                 presence_meta: vec![],

@@ -57,6 +57,8 @@ impl Channel for ConfigChannel {
         let allowed = match self.spec.join {
             JoinPolicy::Public => true,
             JoinPolicy::Token => ctx.claims().is_some_and(|c| c.allows_topic(topic)),
+            // The backend accepted it already (`BackendChannel` asks it before delegating here).
+            JoinPolicy::Backend => true,
         };
         if !allowed {
             return Ok(Join::Refuse(Payload::raw_json(

@@ -9,11 +9,34 @@ use serde_json::{Map, Value};
 
 use super::Reply;
 use crate::auth::Claims;
+use crate::backend::{Assigns, SessionInfo};
 use crate::cluster::Broadcast;
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::protocol::{Outgoing, Payload, Wire};
 use crate::registry::SessionHandle;
+
+/// Who a session is, as its connect established it: the verified token claims, and the socket
+/// id and assigns a backend's `connect` hook answered. Boxed in the session only when one of
+/// them exists, so an anonymous session pays one null pointer for all three.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Verified token claims (JWT mode).
+    pub claims: Option<Claims>,
+    /// The socket id the backend chose (`connect` answer `id`); else the token's.
+    pub id: Option<String>,
+    /// The assigns the backend's `connect` answer set.
+    pub assigns: Option<Assigns>,
+}
+
+impl Identity {
+    /// The session id: the backend's, else `user_socket:<sub>` of the token.
+    pub fn session_id(&self) -> Option<String> {
+        self.id
+            .clone()
+            .or_else(|| self.claims.as_ref().and_then(Claims::session_id))
+    }
+}
 
 /// What a channel can do during a callback: push to its client, broadcast to its topic, reply
 /// later, use presence, stop.
@@ -32,8 +55,8 @@ pub struct ChannelContext<'a> {
     pub(crate) join_ref: &'a str,
     /// Ref of the client message being handled (`handle_in` only).
     pub(crate) msg_ref: Option<&'a str>,
-    /// Verified token claims of the session (JWT mode).
-    pub(crate) claims: Option<&'a Claims>,
+    /// Who the session is (claims, backend id and assigns), if anyone.
+    pub(crate) identity: Option<&'a Identity>,
     /// Pushes made during `join`: held back until the join reply is queued.
     pub(crate) held: Option<Vec<(String, Payload)>>,
     /// Set by `stop()`: end the channel after this callback.
@@ -57,12 +80,26 @@ impl ChannelContext<'_> {
 
     /// Verified token claims of the session, if it authenticated.
     pub fn claims(&self) -> Option<&Claims> {
-        self.claims
+        self.identity.and_then(|i| i.claims.as_ref())
     }
 
-    /// The session id (`user_socket:<sub>`), if the session authenticated with a `sub`.
+    /// The session id: the backend `connect` hook's `id`, else `user_socket:<sub>` of a token.
     pub fn session_id(&self) -> Option<String> {
-        self.claims.and_then(Claims::session_id)
+        self.identity.and_then(Identity::session_id)
+    }
+
+    /// The assigns the backend's `connect` hook set for this session.
+    pub fn assigns(&self) -> Option<&Assigns> {
+        self.identity.and_then(|i| i.assigns.as_ref())
+    }
+
+    /// The `session` object of backend hook bodies.
+    pub fn session_info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.session_id(),
+            assigns: self.assigns().cloned(),
+            claims: self.claims().and_then(|c| serde_json::to_value(c).ok()),
+        }
     }
 
     /// The node's id.

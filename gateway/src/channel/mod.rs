@@ -1,7 +1,9 @@
 //! Channels: the `Channel` trait a topic's handler implements (join / handle_in / handle_out /
 //! terminate, like a Phoenix channel module), the context it acts through (`context`), and the
-//! router of topic patterns. The config-driven channel is one implementation of the trait.
+//! router of topic patterns. The config-driven channel is one implementation of the trait; the
+//! backend channel (joins and events answered by an HTTP backend) is another.
 
+mod backend;
 mod config;
 mod context;
 mod router;
@@ -11,8 +13,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use backend::BackendChannel;
 pub use config::ConfigChannel;
-pub use context::{ChannelContext, ChannelHandle, DeferredReply};
+pub use context::{ChannelContext, ChannelHandle, DeferredReply, Identity};
 pub use router::Router;
 
 use crate::protocol::Payload;

@@ -12,6 +12,19 @@ pub enum JoinPolicy {
     Public,
     /// Sessions with a verified token whose `topics` claim allows the topic.
     Token,
+    /// Whoever the backend's `join` hook accepts.
+    Backend,
+}
+
+/// Who handles client events not listed in `broadcast` / `broadcast_from`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HandleIn {
+    /// Nobody: they are answered `{"reason":"unknown event"}`.
+    #[default]
+    None,
+    /// The backend's `event` hook, in order per session and topic.
+    Backend,
 }
 
 /// One `[[channels]]` entry of the config file.
@@ -29,6 +42,9 @@ pub struct ChannelSpec {
     /// Client events broadcast to the topic except the sender, and replied `ok`.
     #[serde(default)]
     pub broadcast_from: Vec<String>,
+    /// Where the other client events go; default none (`unknown event`).
+    #[serde(default)]
+    pub handle_in: HandleIn,
     /// Presence on: joiners get `presence_state`, and are tracked under their key.
     #[serde(default)]
     pub presence: bool,
@@ -55,6 +71,7 @@ impl ChannelSpec {
             join: JoinPolicy::Public,
             broadcast: vec!["new_msg".into(), "shout".into()],
             broadcast_from: vec![],
+            handle_in: HandleIn::None,
             presence: true,
             presence_key: default_presence_key(),
             presence_meta: vec!["name".into(), "status".into()],
@@ -68,9 +85,24 @@ impl ChannelSpec {
             join: JoinPolicy::Public,
             broadcast: events.iter().map(|e| e.to_string()).collect(),
             broadcast_from: vec![],
+            handle_in: HandleIn::None,
             presence: false,
             presence_key: default_presence_key(),
             presence_meta: vec![],
         }
+    }
+
+    /// A pattern whose joins and client events go to the backend, without presence.
+    pub fn backend(pattern: &str) -> Self {
+        ChannelSpec {
+            join: JoinPolicy::Backend,
+            handle_in: HandleIn::Backend,
+            ..ChannelSpec::public(pattern, &[])
+        }
+    }
+
+    /// Whether any hook of this pattern goes to the backend.
+    pub fn uses_backend(&self) -> bool {
+        self.join == JoinPolicy::Backend || self.handle_in == HandleIn::Backend
     }
 }

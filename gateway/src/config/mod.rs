@@ -2,6 +2,7 @@
 //! (channel rules). Flags and environment variables are parsed by `cli` into this struct;
 //! tests build it directly.
 
+mod backend;
 mod channels;
 
 use std::path::Path;
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use channels::{ChannelSpec, JoinPolicy};
+pub use backend::BackendSpec;
+pub use channels::{ChannelSpec, HandleIn, JoinPolicy};
 
 use crate::protocol::is_reserved_event;
 
@@ -93,6 +95,14 @@ pub struct Config {
     pub ws_echo: bool,
     /// Channel rules; empty = the demo channel (`room:*`).
     pub channels: Vec<ChannelSpec>,
+    /// The HTTP backend of `join = "backend"` / `handle_in = "backend"` channels and of the
+    /// connect hook; `None` = no backend hooks.
+    pub backend: Option<BackendSpec>,
+    /// Backend requests in flight on this node at most; beyond it a hook fails at once with
+    /// `backend busy` (default 1024), so a stuck backend cannot pile up sockets and tasks.
+    pub backend_max_in_flight: usize,
+    /// Largest `assigns` a backend may set for a session, in bytes of JSON (default 1 KiB).
+    pub backend_assigns_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -129,6 +139,9 @@ impl Default for Config {
             presence_down_after: Duration::from_secs(5),
             ws_echo: false,
             channels: Vec::new(),
+            backend: None,
+            backend_max_in_flight: 1024,
+            backend_assigns_max_bytes: 1024,
         }
     }
 }
@@ -140,6 +153,9 @@ pub struct ConfigFile {
     /// `[[channels]]` entries.
     #[serde(default)]
     pub channels: Vec<ChannelSpec>,
+    /// `[backend]`.
+    #[serde(default)]
+    pub backend: Option<BackendSpec>,
 }
 
 /// A config file that cannot be used.
@@ -238,6 +254,36 @@ impl Config {
                 ));
             }
         }
+        let uses_backend = self.channels.iter().any(ChannelSpec::uses_backend);
+        match &self.backend {
+            None if uses_backend => {
+                return Err(ConfigError::Invalid(
+                    "join = \"backend\" or handle_in = \"backend\" needs a [backend] table",
+                ))
+            }
+            Some(b) if !b.url.starts_with("http://") => {
+                return Err(ConfigError::Invalid(
+                    "backend url must be http://host[:port][/path] (TLS: put a proxy beside the backend)",
+                ))
+            }
+            Some(b) if b.url.parse::<hyper::Uri>().is_err() => {
+                return Err(ConfigError::Invalid("backend url is not a valid URL"))
+            }
+            Some(b) if b.timeout_ms == 0 => {
+                return Err(ConfigError::Invalid("backend timeout_ms must be positive"))
+            }
+            Some(b) if b.secret.as_deref() == Some("") => {
+                return Err(ConfigError::Invalid(
+                    "backend secret must not be empty when given",
+                ))
+            }
+            _ => {}
+        }
+        if self.backend_max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "backend_max_in_flight must be at least 1",
+            ));
+        }
         if self.redis_publish_timeout.is_zero() || self.redis_not_ready_after.is_zero() {
             return Err(ConfigError::Invalid(
                 "redis_publish_timeout and redis_not_ready_after must be positive",
@@ -281,5 +327,42 @@ mod tests {
         assert!(ConfigFile::parse("[[channels]]\npattern = 1").is_err());
         assert!(ConfigFile::parse("[[channels]]\npattern = \"a\"\nbogus = 1").is_err());
         assert!(ConfigFile::parse("[[channels]]\npattern = \"a\"\njoin = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn parses_the_backend_contract() {
+        let f = ConfigFile::parse(
+            r#"
+            [backend]
+            url = "http://127.0.0.1:8000/phx"
+            secret = "s3"
+            connect = true
+
+            [[channels]]
+            pattern = "game:*"
+            join = "backend"
+            handle_in = "backend"
+            "#,
+        )
+        .unwrap();
+        let b = f.backend.clone().unwrap();
+        assert_eq!((b.timeout_ms, b.connect, b.leave), (2000, true, false));
+        assert_eq!(b.secret.as_deref(), Some("s3"));
+        assert_eq!(f.channels[0].join, JoinPolicy::Backend);
+        assert_eq!(f.channels[0].handle_in, HandleIn::Backend);
+        let mut config = Config {
+            channels: f.channels,
+            backend: f.backend,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        config.backend = None;
+        assert!(
+            config.validate().is_err(),
+            "backend channels need [backend]"
+        );
+        config.backend = Some(BackendSpec::new("https://x"));
+        assert!(config.validate().is_err(), "only http://");
+        assert!(ConfigFile::parse("[backend]\nurl = \"http://x\"\nbogus = 1").is_err());
     }
 }

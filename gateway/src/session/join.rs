@@ -49,7 +49,7 @@ impl Session {
             &self.core,
             &self.handle,
             self.wire,
-            self.claims.as_deref(),
+            self.identity.as_deref(),
             &msg.topic,
             join_ref,
             msg_ref,

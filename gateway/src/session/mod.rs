@@ -19,8 +19,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::{debug, warn};
 
-use crate::auth::Claims;
-use crate::channel::{Channel, ChannelContext, Reply, Router, Terminate};
+use crate::channel::{Channel, ChannelContext, Identity, Reply, Router, Terminate};
 use crate::cluster::Broadcast;
 use crate::hub::{Hub, SubKind};
 use crate::metrics::Metrics;
@@ -85,8 +84,9 @@ pub struct Session {
     handle: Arc<SessionHandle>,
     /// Wire format.
     wire: Wire,
-    /// Verified token claims (JWT mode).
-    claims: Option<Box<Claims>>,
+    /// Who the session is (token claims, backend socket id and assigns); `None` when anonymous,
+    /// so an idle open-mode session pays one pointer for all of it.
+    identity: Option<Box<Identity>>,
     /// The session id topic this session is subscribed to (`user_socket:<sub>`).
     id_topic: Option<Arc<str>>,
     /// Joined channels (a few per session; a Vec is smaller and faster than a map here).
@@ -114,14 +114,14 @@ impl Session {
         core: Arc<Core>,
         handle: Arc<SessionHandle>,
         wire: Wire,
-        claims: Option<Box<Claims>>,
+        identity: Option<Box<Identity>>,
     ) -> Self {
         let transport = handle.transport.as_str();
         core.metrics.sessions.with_label_values(&[transport]).inc();
         core.metrics.connects.with_label_values(&[transport]).inc();
-        let id_topic = claims
+        let id_topic = identity
             .as_ref()
-            .and_then(|c| c.session_id())
+            .and_then(|i| i.session_id())
             .map(|id| core.hub.subscribe(&id, &handle, SubKind::SessionId));
         let rate = rate::Rate::new(
             core.limits.max_messages_per_sec,
@@ -131,7 +131,7 @@ impl Session {
             core,
             handle,
             wire,
-            claims,
+            identity,
             id_topic,
             channels: Vec::new(),
             rate,
@@ -205,7 +205,7 @@ impl Session {
         core: &'a Core,
         handle: &'a Arc<SessionHandle>,
         wire: Wire,
-        claims: Option<&'a Claims>,
+        identity: Option<&'a Identity>,
         topic: &'a str,
         join_ref: &'a str,
         msg_ref: Option<&'a str>,
@@ -218,7 +218,7 @@ impl Session {
             topic,
             join_ref,
             msg_ref,
-            claims,
+            identity,
             held: None,
             stop: false,
         }
@@ -303,7 +303,7 @@ impl Session {
             &self.core,
             &self.handle,
             self.wire,
-            self.claims.as_deref(),
+            self.identity.as_deref(),
             &ch.topic,
             &ch.join_ref,
             msg.msg_ref.as_deref(),
@@ -357,7 +357,7 @@ impl Session {
             &self.core,
             &self.handle,
             self.wire,
-            self.claims.as_deref(),
+            self.identity.as_deref(),
             &ch.topic,
             &ch.join_ref,
             None,
@@ -388,7 +388,7 @@ impl Session {
             &self.core,
             &self.handle,
             self.wire,
-            self.claims.as_deref(),
+            self.identity.as_deref(),
             &ch.topic,
             &ch.join_ref,
             None,
@@ -433,5 +433,18 @@ impl Session {
             .with_label_values(&[self.handle.transport.as_str()])
             .dec();
         m.disconnects.with_label_values(&[reason]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle session holds one `Session` (BENCHMARKS §1 counts it): backend hooks added
+    /// no field to it — token claims, the backend's socket id and assigns share one boxed
+    /// `Identity`, absent for anonymous sessions.
+    #[test]
+    fn backend_hooks_cost_an_idle_session_nothing() {
+        let size = std::mem::size_of::<super::Session>();
+        assert!(size <= 80, "Session grew to {size} bytes");
+        assert_eq!(std::mem::size_of::<Option<Box<super::Identity>>>(), 8);
     }
 }

@@ -1,11 +1,16 @@
 //! What every transport checks before a session exists: serializer negotiation by `vsn`, the
 //! Origin allow-list and the token (query `token`, or a transport-specific carrier such as the
-//! WebSocket `authToken` subprotocol or the long-poll `X-Phoenix-AuthToken` header).
+//! WebSocket `authToken` subprotocol or the long-poll `X-Phoenix-AuthToken` header) — and then,
+//! when `[backend] connect = true`, the backend's `connect` hook (`identify`).
 
 use axum::http::{header, HeaderMap};
-use tracing::debug;
+use serde_json::{Map, Value};
+use tracing::{debug, warn};
 
 use crate::auth::Claims;
+use crate::backend::contract::{self, Connected};
+use crate::backend::{BackendError, Hook};
+use crate::channel::Identity;
 use crate::edge::Edge;
 use crate::protocol::{negotiate, Serializer};
 
@@ -83,6 +88,75 @@ pub fn authorize(
             "auth"
         })?;
     Ok((serializer, claims))
+}
+
+/// Why the connect hook did not admit a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HookRefusal {
+    /// The backend answered `{"error": …}` (HTTP 403).
+    #[error("refused by the backend")]
+    Refused,
+    /// The hook failed: timeout, unavailable, busy or an answer outside the contract (HTTP 503).
+    #[error("backend connect hook failed")]
+    Failed,
+}
+
+impl HookRefusal {
+    /// Metric label (`gateway_connect_refusals_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            HookRefusal::Refused => "backend_refused",
+            HookRefusal::Failed => "backend_failed",
+        }
+    }
+}
+
+/// Who the new session is: its verified claims and, when the connect hook is on, the socket id
+/// and assigns the backend answered (`None`: anonymous, nothing to keep).
+pub async fn identify(
+    edge: &Edge,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    claims: Option<Claims>,
+) -> Result<Option<Box<Identity>>, HookRefusal> {
+    let Some(backend) = edge.backend.as_ref().filter(|b| b.connect) else {
+        return Ok(claims.map(|claims| {
+            Box::new(Identity {
+                claims: Some(claims),
+                ..Identity::default()
+            })
+        }));
+    };
+    // Every query parameter but the serializer's `vsn`: phoenix.js sends the socket's
+    // `params` there. For repeated keys the last value wins, as in `ConnectParams`.
+    let mut params = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != "vsn" {
+            params.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+    }
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let body = contract::connect_body(params, header(header::ORIGIN), header(header::USER_AGENT));
+    let answer = backend
+        .call(Hook::Connect, &body)
+        .await
+        .map_err(|_| HookRefusal::Failed)?;
+    match contract::parse_connect(answer, backend.max_assigns) {
+        Ok(Connected::Accept { id, assigns }) => Ok(Some(Box::new(Identity {
+            claims,
+            id,
+            assigns,
+        }))),
+        Ok(Connected::Refuse(error)) => {
+            debug!(%error, "backend refused the connect");
+            Err(HookRefusal::Refused)
+        }
+        Err(e) => {
+            warn!(error = %e, "backend connect answer refused");
+            backend.count_error(Hook::Connect, &BackendError::Invalid(e.to_string()));
+            Err(HookRefusal::Failed)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway::config::{ChannelSpec, JoinPolicy};
+use gateway::config::{ChannelSpec, HandleIn, JoinPolicy};
 use gateway::{Config, Gateway};
 use serde_json::{json, Value};
 use testkit::Client;
@@ -108,6 +108,7 @@ pub fn room_with_typing() -> ChannelSpec {
         join: JoinPolicy::Public,
         broadcast: vec!["new_msg".into()],
         broadcast_from: vec!["typing".into()],
+        handle_in: HandleIn::None,
         presence: false,
         presence_key: "user".into(),
         presence_meta: vec![],

@@ -15,7 +15,7 @@ use testkit::redis::free_port;
 use testkit::tools::{check, temp_dir, yaml_file, TempDir};
 use testkit::{eventually, http, Process, Spawn};
 
-use crate::scrape::start_node;
+use crate::scrape::start_node_with_backend;
 use crate::{dashboard_queries, root, rule_queries, tool};
 
 /// How long Prometheus may take to become ready.
@@ -182,7 +182,7 @@ impl Prometheus {
 /// node, and every panel query returns series.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_evaluates_every_rule_and_panel_against_a_node() {
-    let node = start_node(&[]).await;
+    let (node, _config) = start_node_with_backend(&[]).await;
     let rules = root().join("deploy/prometheus/rules");
     let prom = Prometheus::start(&format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\

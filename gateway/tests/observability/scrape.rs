@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::redis::RedisServer;
-use testkit::tools::run_with_input;
+use testkit::tools::{run_with_input, temp_dir, write_file, TempDir};
 use testkit::{eventually, http, Client, Process};
 
 use crate::promql::{selectors, Scrape};
@@ -24,13 +24,52 @@ pub async fn start_node(args: &[&str]) -> Process {
         .await
 }
 
+/// `start_node` with `--config`: the demo channel's rules plus a `game:*` pattern whose
+/// backend is a closed port (a join there is answered `backend unavailable`), so the backend
+/// hook series exist. Also returns the directory holding the config (removed on drop).
+pub async fn start_node_with_backend(args: &[&str]) -> (Process, TempDir) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = temp_dir("observability");
+    let config = write_file(dir.path(), "gateway.toml", &channels_with_backend(closed));
+    let config = config.to_str().unwrap();
+    let mut all = vec!["--config", config];
+    all.extend_from_slice(args);
+    (start_node(&all).await, dir)
+}
+
+/// The demo channel's rules (`ChannelSpec::demo`) and a `game:*` pattern answered by a
+/// backend at `backend`.
+fn channels_with_backend(backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[backend]
+url = "http://{backend}/phx"
+
+[[channels]]
+pattern = "room:*"
+broadcast = ["new_msg", "shout"]
+presence = true
+presence_meta = ["name", "status"]
+
+[[channels]]
+pattern = "game:*"
+join = "backend"
+handle_in = "backend"
+"#
+    )
+}
+
 /// A node with traffic behind it: its scrape passes promtool's linter, and every metric the
 /// rules and the dashboard use is in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_scrape_lints_clean_and_has_every_queried_metric() {
     let promtool = tool("promtool");
     let redis = RedisServer::start().await;
-    let node = start_node(&["--redis-url", &redis.url(), "--node-id", "obs-1"]).await;
+    let (node, _config) =
+        start_node_with_backend(&["--redis-url", &redis.url(), "--node-id", "obs-1"]).await;
     eventually(WAIT, "node ready", || async {
         http(node.addr, "GET", "/readyz", &[], "").await.0 == 200
     })
@@ -62,6 +101,10 @@ async fn live_scrape_lints_clean_and_has_every_queried_metric() {
         .await;
     let err = ws.until("error reply", |m| m[1] == "3").await;
     assert_eq!(err[4]["status"], "error", "{err}");
+    ws.send_json(json!(["4", "4", "game:1", "phx_join", {}]))
+        .await;
+    let err = ws.until("backend join reply", |m| m[1] == "4").await;
+    assert_eq!(err[4]["response"]["reason"], "backend unavailable", "{err}");
     let refused = Client::connect_with(node.addr, "/socket/websocket?vsn=9.9.9", &[])
         .await
         .err();
@@ -89,6 +132,11 @@ async fn live_scrape_lints_clean_and_has_every_queried_metric() {
     let vsn = [("reason", "vsn")];
     assert!(scrape.value(&text, "gateway_connect_refusals_total", &vsn) >= 1.0);
     assert_eq!(scrape.value(&text, "gateway_pubsub_healthy", &[]), 1.0);
+    let join_unavailable = [("hook", "join"), ("reason", "unavailable")];
+    assert_eq!(
+        scrape.value(&text, "gateway_backend_errors_total", &join_unavailable),
+        1.0
+    );
 
     let mut problems = Vec::new();
     let mut used = BTreeSet::new();
@@ -130,6 +178,8 @@ async fn live_scrape_lints_clean_and_has_every_queried_metric() {
         "gateway_memory_bytes_per_session",
         "gateway_draining",
         "gateway_slow_consumer_disconnects_total",
+        "gateway_backend_errors_total",
+        "gateway_backend_request_duration_seconds_bucket",
         "process_open_fds",
         "process_max_fds",
     ] {

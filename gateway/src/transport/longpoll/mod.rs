@@ -26,7 +26,7 @@ use tracing::debug;
 pub use poll::{body_lines, decode_line, sweep};
 pub use token::Token;
 
-use super::connect::{authorize, origin_allowed};
+use super::connect::{authorize, identify, origin_allowed, HookRefusal};
 use crate::admission::{PeerAddr, Refusal};
 use crate::edge::Edge;
 use crate::protocol::{json_string, longpoll_messages, Framing, Wire};
@@ -251,11 +251,11 @@ async fn get(
             forward::request(lp, token, None, false).await
         }
         // No token, or a token that is not ours (e.g. the app's own `token` param): connect.
-        _ => connect(lp, headers, query, peer)?.body(),
+        _ => connect(lp, headers, query, peer).await?.body(),
     })
 }
 
-fn connect(
+async fn connect(
     lp: &LongPoll,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -278,6 +278,19 @@ fn connect(
             return Ok(LpReply::status(403));
         }
     };
+    // The backend's connect hook: a refusal is a 403 like a bad token; a failure is a real
+    // HTTP 503 + Retry-After, which phoenix.js retries with backoff.
+    let identity = match identify(edge, query, headers, claims).await {
+        Ok(identity) => identity,
+        Err(r @ HookRefusal::Refused) => {
+            edge.refused(r.label());
+            return Ok(LpReply::status(403));
+        }
+        Err(r @ HookRefusal::Failed) => {
+            edge.refused(r.label());
+            return Err(Refusal::Backend);
+        }
+    };
     let core = &edge.core;
     let handle = core.registry.register(TransportKind::LongPoll);
     let wire = Wire {
@@ -286,7 +299,7 @@ fn connect(
     };
     let nonce = rand::random::<u64>();
     let token = Token::sign(&lp.secret, handle.key, nonce, edge.node_id());
-    let session = Session::new(core.clone(), handle.clone(), wire, claims.map(Box::new));
+    let session = Session::new(core.clone(), handle.clone(), wire, identity);
     let now = core.registry.clock.now_ms();
     let s = Arc::new(LpSession::new(handle, session, token.clone(), nonce, now));
     lp.sessions().insert(s.handle.key, s);

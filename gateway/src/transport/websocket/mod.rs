@@ -18,7 +18,7 @@ use tracing::debug;
 
 pub use conn::{Conn, ConnLimits, Ended, Handler};
 
-use super::connect::authorize;
+use super::connect::{authorize, identify, HookRefusal};
 use crate::edge::Edge;
 use crate::outbox::OutItem;
 use crate::protocol::{Close, Framing, Wire};
@@ -87,6 +87,14 @@ pub async fn handshake(State(edge): State<Arc<Edge>>, mut req: Request) -> Respo
         Ok(x) => x,
         Err(reason) => return refuse(&edge, StatusCode::FORBIDDEN, reason),
     };
+    // The backend's connect hook, when on, decides last (the cheap checks refuse first).
+    let identity = match identify(&edge, req.uri().query(), req.headers(), claims).await {
+        Ok(identity) => identity,
+        Err(r @ HookRefusal::Refused) => return refuse(&edge, StatusCode::FORBIDDEN, r.label()),
+        Err(r @ HookRefusal::Failed) => {
+            return refuse(&edge, StatusCode::SERVICE_UNAVAILABLE, r.label())
+        }
+    };
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(_) => return refuse(&edge, StatusCode::BAD_REQUEST, "handshake"),
@@ -102,14 +110,13 @@ pub async fn handshake(State(edge): State<Arc<Edge>>, mut req: Request) -> Respo
         serializer,
         framing: Framing::WebSocket,
     };
-    let claims = claims.map(Box::new);
     tokio::spawn(async move {
         if let Some((stream, leftover)) = finish_upgrade(fut).await {
             // The long-lived session gets a task of its own holding only what it needs (this
             // task's captures and upgrade state are freed when it ends).
             let _ = stream.set_nodelay(true);
             let handle = edge.core.registry.register(TransportKind::WebSocket);
-            let session = Session::new(edge.core.clone(), handle.clone(), wire, claims);
+            let session = Session::new(edge.core.clone(), handle.clone(), wire, identity);
             let limits = limits(&edge);
             let conn = Conn::new(stream, leftover, edge, handle, limits);
             tokio::spawn(run_session(conn, session));

@@ -157,15 +157,15 @@ export function waitReady(gw, timeout = 10000){
 /**
  * Starts `n` gateway nodes sharing a new private Redis, waits until each is ready, and registers
  * them with `fx` (any object with `gateways` and `onCleanup`-style arrays; see `clusterFixture`).
- * Resolves with {redis, nodes}.
+ * `config` is the TOML text every node gets (`--config`). Resolves with {redis, nodes}.
  */
-export async function startCluster(fx, n, {args = [], names = null} = {}){
+export async function startCluster(fx, n, {args = [], names = null, config = null} = {}){
   const redis = await startRedis()
   fx.redises.push(redis)
   const nodes = []
   for(let i = 0; i < n; i++){
     const name = names ? names[i] : `node${String.fromCharCode(65 + i)}`
-    const gw = await startGateway({name, args: ["--redis-url", redis.url, "--node-id", name, ...args]})
+    const gw = await startGateway({name, config, args: ["--redis-url", redis.url, "--node-id", name, ...args]})
     fx.gateways.push(gw)
     nodes.push(gw)
   }

@@ -234,6 +234,8 @@ export class Fixture {
     this.raws = []
     this.proxies = []
     this.redises = []
+    // other helper processes with a stop() (e.g. the example backend), stopped last
+    this.helpers = []
     this.channelIds = 0
     this.pushTimeout = 5000
   }
@@ -285,6 +287,7 @@ export class Fixture {
     await Promise.all(this.proxies.map(p => p.stop()))
     await Promise.all(this.gateways.map(g => g.stop()))
     await Promise.all(this.redises.map(r => r.stop()))
+    await Promise.all(this.helpers.map(h => h.stop()))
   }
 }
 
