@@ -252,6 +252,21 @@ impl RedisPubSub {
         result
     }
 
+    /// The publishing connection (the history scripts run on it).
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Channel and key naming.
+    pub(crate) fn names(&self) -> &ChannelNames {
+        &self.inner.names
+    }
+
+    /// Counters (history appends count as publishes).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
     /// Readiness: `ready` is true only while every subscriber connection owns all of this
     /// node's subscriptions and hears its own canary. `borrow()` it for `/readyz`, or await
     /// `changed()` for transitions.

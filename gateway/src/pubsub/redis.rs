@@ -32,6 +32,8 @@ enum Send {
 /// What the adapter's reader hands every message to: decoded and offered to the node's inbox.
 #[derive(Debug)]
 struct ToNode {
+    /// This node's id (an echo of its own positioned broadcast keeps its `except`).
+    node_id: String,
     /// The node's delivery queue.
     inbox: Inbox,
     /// Where undecodable kinds are counted.
@@ -40,10 +42,14 @@ struct ToNode {
 
 impl Sink for ToNode {
     fn deliver(&self, msg: Incoming) -> Accepted {
-        let (route, env) = match msg {
+        let (route, mut env) = match msg {
             Incoming::Topic(env) => (Route::Topic, env),
             Incoming::Direct(env) => (Route::Direct, env),
         };
+        // Session keys are per node: an exception only means something in the origin's echo.
+        if env.origin != self.node_id {
+            env.except = None;
+        }
         match codec::decode(route, env) {
             Ok(msg) => {
                 if self.inbox.offer(msg) {
@@ -103,6 +109,7 @@ impl RedisAdapter {
         inbox: Inbox,
     ) -> Result<Self, pubsub_redis::Error> {
         let sink = Arc::new(ToNode {
+            node_id: config.node_id.clone().unwrap_or_default(),
             inbox,
             metrics: metrics.clone(),
         });
@@ -155,6 +162,11 @@ impl RedisAdapter {
 }
 
 impl RedisAdapter {
+    /// The leaf adapter (the Redis history store runs its scripts through it).
+    pub fn redis(&self) -> &RedisPubSub {
+        &self.redis
+    }
+
     /// Mirror the adapter's counters and health into Prometheus (called at each scrape, so
     /// the exported values are never stale).
     fn refresh(&self) {
