@@ -205,6 +205,14 @@ impl RedisPubSub {
         removed
     }
 
+    /// Waits (at most `limit`) until this node's subscription to `topic` is confirmed by
+    /// Redis, so what is published afterwards reaches it (a topic's history read after that
+    /// misses nothing). False when the topic is not owned or the wait timed out.
+    pub async fn subscribed(&self, topic: &str, limit: Duration) -> bool {
+        let channel = self.inner.names.topic(topic);
+        self.inner.interest.subscribed(&channel, limit).await
+    }
+
     /// A broadcast envelope from this node.
     pub fn envelope(
         &self,

@@ -79,6 +79,8 @@ pub struct RedisAdapter {
     health: watch::Receiver<Health>,
     /// Where the adapter's counters are mirrored.
     metrics: Arc<Metrics>,
+    /// Longest wait for a subscription to take effect (the publish timeout).
+    subscribe_wait: std::time::Duration,
     /// Counters at the previous mirroring (Prometheus counters only go up by deltas).
     last: Mutex<Stats>,
     /// Background tasks, aborted with the adapter.
@@ -108,6 +110,7 @@ impl RedisAdapter {
         metrics: Arc<Metrics>,
         inbox: Inbox,
     ) -> Result<Self, pubsub_redis::Error> {
+        let subscribe_wait = config.publish_timeout;
         let sink = Arc::new(ToNode {
             node_id: config.node_id.clone().unwrap_or_default(),
             inbox,
@@ -145,6 +148,7 @@ impl RedisAdapter {
             hasher: RandomState::new(),
             health,
             metrics,
+            subscribe_wait,
             last: Mutex::default(),
             tasks,
         })
@@ -217,6 +221,14 @@ impl PubSub for RedisAdapter {
 
     fn unsubscribe(&self, topic: &str) {
         self.redis.unsubscribe(topic);
+    }
+
+    fn subscribed<'a>(&'a self, topic: &'a str) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.redis.subscribed(topic, self.subscribe_wait).await {
+                debug!(topic, "subscription not confirmed in time");
+            }
+        })
     }
 
     fn publish(&self, topic: &str, msg: ClusterMessage) {

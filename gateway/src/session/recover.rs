@@ -2,8 +2,8 @@
 //! fields of the ok reply, and the replay of what the client missed, each broadcast exactly
 //! once and in order between the join's own pushes and the live broadcasts.
 //!
-//! The session subscribes first (as `Recovering`: live broadcasts are set aside for it), then
-//! reads the history with no lock held, then settles under the topic's lock: reply, pushes
+//! The session subscribes first (as `Recovering`: live broadcasts are set aside for it), waits
+//! until the subscription is in effect in the cluster, then reads the history with no lock held, then settles under the topic's lock: reply, pushes
 //! made during join, `presence_state`, the replay, then the set-aside broadcasts whose
 //! position is after the latest one the read saw (older ones were replayed, or precede the
 //! position the client is told). A broadcast stored after the read reaches the set-aside list
@@ -95,6 +95,9 @@ impl Session {
         };
         let subscribed = core.hub.subscribe(j.topic, handle, kind);
         drop(hold);
+        // The read must not precede the subscription taking effect in the cluster, or a
+        // broadcast stored in between would be neither read nor received.
+        core.hub.pubsub().subscribed(j.topic).await;
         let since = since_field(j.payload);
         let asked = since.as_ref().and_then(|s| s.as_ref());
         let read = core.hub.history().since(j.topic, asked, j.limits).await;

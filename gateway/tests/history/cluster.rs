@@ -208,3 +208,39 @@ async fn an_idempotency_key_deduplicates_a_retry_through_another_node() {
     assert_eq!(next_msg(&mut c, topic).await.1, 7);
     nothing_more(&mut c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_a_node_new_to_the_topic_misses_nothing_published_meanwhile() {
+    let redis = RedisServer::start().await;
+    let nodes = started(&redis, 2).await;
+    let topic = "room:fresh";
+    let mut first = nodes[0].ws().await;
+    let start = join_since(&mut first, topic, None).await["position"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr = nodes[0].addr;
+    let (published, mut progress) = tokio::sync::watch::channel(0u64);
+    let publisher = tokio::spawn(async move {
+        for i in 1..=200u64 {
+            let body = json!({"topic": "room:fresh", "event": "new_msg", "payload": {"i": i}});
+            let (s, _) =
+                testkit::http(addr, "POST", "/api/broadcast", &[], &body.to_string()).await;
+            assert_eq!(s, 202);
+            published.send_replace(i);
+        }
+    });
+    // The first join of the topic on node B lands mid-stream: B subscribes in Redis during it.
+    progress.wait_for(|n| *n >= 50).await.unwrap();
+    let mut late = nodes[1].ws().await;
+    assert_eq!(
+        join_since(&mut late, topic, Some(&start)).await["recovered"],
+        true
+    );
+    publisher.await.unwrap();
+    for want in 1..=200u64 {
+        let (pos, i) = next_msg(&mut late, topic).await;
+        assert_eq!((offset(&pos), i), (want, want));
+    }
+    nothing_more(&mut late).await;
+}

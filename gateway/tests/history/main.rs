@@ -7,6 +7,7 @@
 //! This file holds what both share: the channel rule, joining with `since`, publishing through
 //! the API, and reading positioned broadcasts off a WebSocket.
 
+mod bench;
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
