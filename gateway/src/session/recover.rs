@@ -2,12 +2,13 @@
 //! fields of the ok reply, and the replay of what the client missed, each broadcast exactly
 //! once and in order between the join's own pushes and the live broadcasts.
 //!
-//! The session subscribes first (as `Recovering`: live broadcasts are set aside for it), waits
-//! until the subscription is in effect in the cluster, then reads the history with no lock held, then settles under the topic's lock: reply, pushes
-//! made during join, `presence_state`, the replay, then the set-aside broadcasts whose
-//! position is after the latest one the read saw (older ones were replayed, or precede the
-//! position the client is told). A broadcast stored after the read reaches the set-aside list
-//! or, once settled, the session directly: nothing falls between.
+//! The session subscribes first (as `Recovering`: live broadcasts are set aside for it, and
+//! the presence state is snapshotted under the same lock), waits until the subscription is in
+//! effect in the cluster, then reads the history with no lock held, then settles under the
+//! topic's lock: reply, pushes made during join, `presence_state`, the replay, then the
+//! set-aside broadcasts whose position is after the latest one the read saw (older ones were
+//! replayed, or precede the position the client is told). A broadcast stored after the read
+//! reaches the set-aside list or, once settled, the session directly: nothing falls between.
 
 use std::sync::{Arc, Mutex};
 
@@ -93,7 +94,15 @@ impl Session {
             intercepts: j.intercepts.clone(),
             aside,
         };
-        let subscribed = core.hub.subscribe(j.topic, handle, kind);
+        // The presence snapshot is taken under the topic's lock as the session subscribes:
+        // every diff fanned out after it is set aside and follows it, none before it does
+        // (phoenix.js fires onJoin again for a diff it already has in its state).
+        let mut presence_state = None;
+        let subscribed = core.hub.subscribe_with(j.topic, handle, kind, |topic| {
+            if j.presence {
+                presence_state = Some(core.presence.state(topic));
+            }
+        });
         drop(hold);
         // The read must not precede the subscription taking effect in the cluster, or a
         // broadcast stored in between would be neither read nor received.
@@ -136,13 +145,12 @@ impl Session {
                 };
                 core.hub.send(handle, wire, out);
             }
-            if j.presence {
-                let state = core.presence.state(topic);
+            if let Some(state) = &presence_state {
                 let out = Outgoing::Push {
                     join_ref: Some(j.join_ref),
                     topic,
                     event: "presence_state",
-                    payload: &state,
+                    payload: state,
                 };
                 core.hub.send(handle, wire, out);
             }
