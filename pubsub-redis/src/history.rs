@@ -16,7 +16,9 @@
 //!
 //! A list rather than a stream: offsets are contiguous, so the entries after an offset are one
 //! `LRANGE` from an index computed from `LLEN`, and the position is the script's own counter
-//! (a stream would add IDs of its own that mean nothing to clients).
+//! (a stream would add IDs of its own that mean nothing to clients). Measured with
+//! `redis-benchmark` on Redis 7.0, the list append was also faster and smaller than `XADD
+//! MAXLEN` (BENCHMARKS.md §12).
 use std::sync::LazyLock;
 
 use crate::envelope::Envelope;
