@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gateway::Config;
 use serde_json::{json, Value};
-use testkit::redis::{RedisOptions, RedisServer};
+use testkit::redis::{RedisCluster, RedisOptions, RedisServer};
 use testkit::{eventually, Client};
 
 use crate::common::TestNode;
@@ -243,4 +243,44 @@ async fn a_join_on_a_node_new_to_the_topic_misses_nothing_published_meanwhile() 
         assert_eq!((offset(&pos), i), (want, want));
     }
     nothing_more(&mut late).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_redis_cluster_mode_a_topics_keys_and_channel_share_a_slot() {
+    let rc = RedisCluster::start().await;
+    let urls = rc.urls().join(",");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let n = TestNode::start(Config {
+            redis_url: Some(urls.clone()),
+            redis_cluster: true,
+            channels: vec![history_spec(100)],
+            ..Config::default()
+        })
+        .await;
+        eventually(Duration::from_secs(20), "node ready", || ready(&n)).await;
+        nodes.push(n);
+    }
+    let topic = "room:sharded";
+    let mut c = nodes[1].ws().await;
+    let start = join_since(&mut c, topic, None).await["position"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The script runs on the topic's slot and SPUBLISHes there: the subscriber on the other
+    // node gets each broadcast with the position the API answered.
+    for i in 1..=20 {
+        let pos = publish(&nodes[0], topic, i).await;
+        assert_eq!(next_msg(&mut c, topic).await, (pos, i));
+    }
+    drop(c);
+    let mut back = nodes[0].ws().await;
+    assert_eq!(
+        join_since(&mut back, topic, Some(&start)).await["recovered"],
+        true
+    );
+    for i in 1..=20 {
+        assert_eq!(next_msg(&mut back, topic).await.1, i);
+    }
+    nothing_more(&mut back).await;
 }
