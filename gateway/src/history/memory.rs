@@ -4,11 +4,16 @@
 //! (counted in `gateway_history_evicted_total`; a `since` before them is then not exact).
 //!
 //! Each ring has an epoch of its own: the node's boot epoch plus a counter, so a ring that
-//! expired and was made again never reuses positions a client may still hold. One lock guards
-//! every ring, and delivery happens under it, so a topic's broadcasts are fanned out in
-//! position order even when several sessions broadcast at once.
+//! expired and was made again never reuses positions a client may still hold. Rings are
+//! sharded by topic; a broadcast is numbered, stored and delivered under its shard's lock, so
+//! a topic's broadcasts are fanned out in position order even when several sessions broadcast
+//! at once, while topics of other shards proceed in parallel. Expired rings are dropped when
+//! they are next used, when the cap is reached, and every 1,024 rings made.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,27 +55,39 @@ impl Ring {
     }
 }
 
-#[derive(Debug, Default)]
-struct State {
-    /// Topic → its ring.
-    rings: HashMap<Arc<str>, Ring>,
-    /// Bytes held by every ring's entries (what the cap limits).
-    bytes: usize,
-    /// Rings made so far (the suffix of each new ring's epoch).
-    made: u64,
-}
+/// The rings of the topics hashed to one shard.
+type Shard = HashMap<Arc<str>, Ring>;
+
+/// Shards of the store: broadcasts on topics of different shards are stored and delivered in
+/// parallel; one topic's stay in position order under its shard's lock.
+const SHARDS: usize = 16;
+
+/// Every this many rings made, a shard drops its expired rings (a topic that was joined but
+/// never broadcast on holds no entries, so the memory cap alone would never free it).
+const SWEEP_EVERY: u64 = 1024;
 
 /// The in-process store.
 #[derive(Debug)]
 pub struct MemoryHistory {
     /// Epoch prefix of this boot.
     boot: String,
-    /// Every ring.
-    state: Mutex<State>,
+    /// Topic → its ring, sharded by topic hash.
+    shards: Box<[Mutex<Shard>]>,
+    /// Picks a topic's shard.
+    hasher: RandomState,
+    /// Bytes held by every ring's entries (what the cap limits).
+    bytes: AtomicUsize,
+    /// Rings made so far (the suffix of each new ring's epoch).
+    made: AtomicU64,
     /// Node-wide cap on the bytes of kept entries.
     max_bytes: usize,
     /// Where memory and evictions are reported.
     metrics: Arc<Metrics>,
+}
+
+/// Bytes of a ring's entries.
+fn held(ring: &Ring) -> usize {
+    ring.entries.iter().map(|(_, n)| n).sum()
 }
 
 impl MemoryHistory {
@@ -78,60 +95,72 @@ impl MemoryHistory {
     pub fn new(max_bytes: usize, metrics: Arc<Metrics>) -> Self {
         MemoryHistory {
             boot: pubsub_redis::history::new_epoch(),
-            state: Mutex::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            bytes: AtomicUsize::new(0),
+            made: AtomicU64::new(0),
             max_bytes,
             metrics,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self, topic: &str) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[self.hasher.hash_one(topic) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drop a shard's expired rings.
+    fn sweep(&self, shard: &mut Shard, now: Instant) {
+        let mut freed = 0;
+        shard.retain(|_, r| {
+            let live = r.expires > now;
+            if !live {
+                freed += held(r);
+            }
+            live
+        });
+        self.bytes.fetch_sub(freed, Relaxed);
     }
 
     /// The topic's live ring, made (with a new epoch) when it has none or it expired.
-    fn ring<'a>(&self, state: &'a mut State, topic: &str, ttl: Duration) -> &'a mut Ring {
+    fn ring<'a>(&self, shard: &'a mut Shard, topic: &str, ttl: Duration) -> &'a mut Ring {
         let now = Instant::now();
-        if state.rings.get(topic).is_some_and(|r| r.expires <= now) {
-            if let Some(old) = state.rings.remove(topic) {
-                state.bytes -= old.entries.iter().map(|(_, n)| n).sum::<usize>();
+        if shard.get(topic).is_some_and(|r| r.expires <= now) {
+            if let Some(old) = shard.remove(topic) {
+                self.bytes.fetch_sub(held(&old), Relaxed);
             }
         }
-        if !state.rings.contains_key(topic) {
-            state.made += 1;
+        if !shard.contains_key(topic) {
+            let made = self.made.fetch_add(1, Relaxed) + 1;
+            if made.is_multiple_of(SWEEP_EVERY) {
+                self.sweep(shard, now);
+            }
             let ring = Ring {
-                epoch: Arc::from(format!("{}x{}", self.boot, state.made)),
+                epoch: Arc::from(format!("{}x{made}", self.boot)),
                 last: 0,
                 entries: VecDeque::new(),
                 expires: now + ttl,
                 keys: HashMap::new(),
             };
-            state.rings.insert(Arc::from(topic), ring);
+            shard.insert(Arc::from(topic), ring);
         }
-        state.rings.get_mut(topic).expect("just made")
+        shard.get_mut(topic).expect("just made")
     }
 
-    /// Over the cap: first drop expired rings, then the oldest entries of `topic` (keeping its
-    /// newest one), counting each entry dropped early.
-    fn enforce_cap(&self, state: &mut State, topic: &str) {
-        if state.bytes <= self.max_bytes {
+    /// Over the cap: first drop the shard's expired rings, then the oldest entries of `topic`
+    /// (keeping its newest one), counting each entry dropped early.
+    fn enforce_cap(&self, shard: &mut Shard, topic: &str) {
+        if self.bytes.load(Relaxed) <= self.max_bytes {
             return;
         }
-        let now = Instant::now();
-        let mut freed = 0;
-        state.rings.retain(|_, r| {
-            let live = r.expires > now;
-            if !live {
-                freed += r.entries.iter().map(|(_, n)| n).sum::<usize>();
-            }
-            live
-        });
-        state.bytes -= freed;
-        let Some(ring) = state.rings.get_mut(topic) else {
+        self.sweep(shard, Instant::now());
+        let Some(ring) = shard.get_mut(topic) else {
             return;
         };
-        while state.bytes > self.max_bytes && ring.entries.len() > 1 {
+        while self.bytes.load(Relaxed) > self.max_bytes && ring.entries.len() > 1 {
             if let Some((_, n)) = ring.entries.pop_front() {
-                state.bytes -= n;
+                self.bytes.fetch_sub(n, Relaxed);
                 self.metrics.history_evicted.inc();
             }
         }
@@ -147,9 +176,9 @@ impl HistoryStore for MemoryHistory {
         idempotency_key: Option<&str>,
         deliver: Deliver<'_>,
     ) -> Result<Stored, HistoryError> {
-        let mut state = self.lock();
+        let mut shard = self.lock(&msg.topic);
         let now = Instant::now();
-        let ring = self.ring(&mut state, &msg.topic, limits.ttl);
+        let ring = self.ring(&mut shard, &msg.topic, limits.ttl);
         if let Some(key) = idempotency_key {
             if let Some((offset, until)) = ring.keys.get(key) {
                 if *until > now {
@@ -180,10 +209,13 @@ impl HistoryStore for MemoryHistory {
             ring.keys
                 .insert(key.to_owned(), (position.offset, now + limits.ttl));
         }
-        state.bytes = state.bytes + size - freed;
+        self.bytes.fetch_add(size, Relaxed);
+        self.bytes.fetch_sub(freed, Relaxed);
         let topic = stored.topic.clone();
-        self.enforce_cap(&mut state, &topic);
-        self.metrics.history_memory_bytes.set(state.bytes as i64);
+        self.enforce_cap(&mut shard, &topic);
+        self.metrics
+            .history_memory_bytes
+            .set(self.bytes.load(Relaxed) as i64);
         // Under the lock: the next broadcast of the topic is delivered after this one.
         let delivered = match except {
             None => stored,
@@ -194,7 +226,7 @@ impl HistoryStore for MemoryHistory {
             }
         };
         deliver(delivered);
-        drop(state);
+        drop(shard);
         Ok(Stored {
             position,
             fresh: true,
@@ -207,8 +239,8 @@ impl HistoryStore for MemoryHistory {
         since: Option<&Position>,
         limits: Limits,
     ) -> Result<Recovered, HistoryError> {
-        let mut state = self.lock();
-        let ring = self.ring(&mut state, topic, limits.ttl);
+        let mut shard = self.lock(topic);
+        let ring = self.ring(&mut shard, topic, limits.ttl);
         let latest = ring.position(ring.last);
         let recovery = match since {
             Some(p) if *p.epoch == *ring.epoch && p.offset <= ring.last => {

@@ -100,9 +100,18 @@ async fn unrecoverable_since_values_give_recovered_false_and_no_replay() {
     let text = n.http("GET", "/metrics", &[], "").await.1;
     let m = |name: &str| testkit::metric_value(&text, name);
     assert_eq!(m(r#"gateway_history_appends_total{result="stored"}"#), 10.0);
-    assert_eq!(m(r#"gateway_history_recoveries_total{outcome="none"}"#), 1.0);
-    assert_eq!(m(r#"gateway_history_recoveries_total{outcome="not_exact"}"#), 7.0);
-    assert_eq!(m(r#"gateway_history_recoveries_total{outcome="exact"}"#), 1.0);
+    assert_eq!(
+        m(r#"gateway_history_recoveries_total{outcome="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"gateway_history_recoveries_total{outcome="not_exact"}"#),
+        7.0
+    );
+    assert_eq!(
+        m(r#"gateway_history_recoveries_total{outcome="exact"}"#),
+        1.0
+    );
     assert_eq!(m("gateway_history_replayed_total"), 3.0);
     assert!(m("gateway_history_memory_bytes") > 0.0);
     assert_eq!(m("gateway_history_errors_total"), 0.0);
