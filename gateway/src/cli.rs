@@ -141,6 +141,10 @@ pub struct Cli {
     /// Largest assigns a backend may set for one session, in bytes of JSON.
     #[arg(long, env = "GATEWAY_BACKEND_ASSIGNS_MAX_BYTES", default_value_t = D.backend_assigns_max_bytes)]
     pub backend_assigns_max_bytes: usize,
+    /// Bytes of topic history kept in memory on a single node (without Redis); past it the
+    /// appending topic gives up its oldest entries.
+    #[arg(long, env = "GATEWAY_HISTORY_MEMORY_MAX_BYTES", default_value_t = D.history_memory_max_bytes)]
+    pub history_memory_max_bytes: usize,
 }
 
 /// Why the flags do not make a config.
@@ -204,6 +208,7 @@ impl Cli {
             presence_heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
             presence_down_after: Duration::from_millis(self.presence_down_after_ms),
             message_metrics: !self.no_message_metrics,
+            history_memory_max_bytes: self.history_memory_max_bytes,
             ws_echo: self.ws_echo,
             channels: file.channels,
             backend: file.backend,

@@ -1,6 +1,8 @@
 //! The HTTP API: `POST /api/broadcast`, `POST /api/disconnect` (Bearer API key when one is
 //! configured), `/healthz` (alive), `/readyz` (hears the cluster and is not draining) and
-//! `/metrics`. Bad requests get a JSON error body, never a dropped connection.
+//! `/metrics`. Bad requests get a JSON error body, never a dropped connection. A broadcast on a
+//! topic with history is answered once stored (202 with its position), or 503 when it cannot
+//! be stored.
 
 use std::sync::Arc;
 
@@ -41,6 +43,10 @@ struct BroadcastRequest {
     event: String,
     #[serde(default)]
     payload: Option<Box<RawValue>>,
+    /// On a history topic: a retry with the same key within the topic's ttl returns the
+    /// first position and stores nothing.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -82,10 +88,38 @@ pub async fn broadcast(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: 
         Some(raw) => Payload::raw_json(raw.get().to_owned()),
         None => Payload::empty(),
     };
-    edge.core
-        .hub
-        .broadcast(Broadcast::new(req.topic, req.event, payload), None);
-    accepted()
+    // A topic whose channel keeps history answers once the broadcast is stored, with its
+    // position; one that cannot be stored is refused so the publisher retries.
+    let history = edge
+        .core
+        .router
+        .route(&req.topic)
+        .and_then(|factory| factory(&req.topic).history());
+    let Some(limits) = history else {
+        edge.core
+            .hub
+            .broadcast(Broadcast::new(req.topic, req.event, payload), None);
+        return accepted();
+    };
+    let msg = Broadcast::plain(req.topic, req.event, payload);
+    let key = req.idempotency_key.as_deref().filter(|k| !k.is_empty());
+    if key.is_some_and(|k| k.len() > MAX_TOPIC_LEN) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key must be at most 255 bytes",
+        );
+    }
+    match edge.core.hub.broadcast_stored(msg, None, limits, key).await {
+        Ok(stored) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "ok": true, "position": stored.position.to_string() })),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not stored, retry: {e}"),
+        ),
+    }
 }
 
 /// `POST /api/disconnect` `{"id":"user_socket:42"}`: close every session with that id, on every

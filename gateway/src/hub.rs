@@ -7,12 +7,20 @@
 //! an event get the broadcast itself instead, to run `handle_out`. The index is sharded by topic
 //! so joins on different topics do not contend. The Hub tells the PubSub adapter when a topic
 //! gets its first local subscriber and when its last one leaves (interest-based subscriptions).
+//!
+//! Topics with history broadcast through `broadcast_stored`: the node's history store numbers
+//! and stores the broadcast and delivers it in position order. A session joining such a topic
+//! first subscribes as `Recovering` (live broadcasts are set aside for it), reads the history
+//! without any lock held, then `settle`s: under the topic's lock it queues the join reply,
+//! the replay and the set-aside broadcasts it has not replayed, and becomes a plain subscriber.
+//! Topics without history pay nothing for this.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cluster::{Broadcast, ClusterMessage};
+use crate::history::{HistoryError, Limits, SharedHistory, Stored};
 use crate::metrics::Metrics;
 use crate::outbox::{OutItem, OutboxLimits, Pushed};
 use crate::protocol::{Close, CloseCode, Outgoing, Wire};
@@ -34,6 +42,16 @@ pub enum SubKind {
     },
     /// The session id topic (`user_socket:42`): only `disconnect` matters, and closes the session.
     SessionId,
+    /// A channel joining a history topic, not settled yet: broadcasts are set aside in
+    /// `aside` (in arrival order) until `Hub::settle` queues them after the replay.
+    Recovering {
+        /// Wire format of the session.
+        wire: Wire,
+        /// Events the channel runs `handle_out` for.
+        intercepts: Option<Arc<[String]>>,
+        /// Broadcasts that arrived since the subscription.
+        aside: Arc<Mutex<Vec<Arc<Broadcast>>>>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +76,8 @@ pub struct Hub {
     pubsub: SharedPubSub,
     /// Outbox limits applied to fan-out pushes.
     limits: OutboxLimits,
+    /// Where topics with history store their broadcasts.
+    history: SharedHistory,
     /// Counters.
     metrics: Arc<Metrics>,
 }
@@ -80,6 +100,7 @@ impl EncodeCache {
         self.frames[wire.index()]
             .get_or_insert_with(|| {
                 let out = Outgoing::Broadcast {
+                    position: msg.position.as_deref(),
                     topic: &msg.topic,
                     event: &msg.event,
                     payload: &msg.payload,
@@ -91,15 +112,26 @@ impl EncodeCache {
 }
 
 impl Hub {
-    /// A hub that reports interest changes to `pubsub`.
-    pub fn new(pubsub: SharedPubSub, limits: OutboxLimits, metrics: Arc<Metrics>) -> Self {
+    /// A hub that reports interest changes to `pubsub` and keeps histories in `history`.
+    pub fn new(
+        pubsub: SharedPubSub,
+        history: SharedHistory,
+        limits: OutboxLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             pubsub,
+            history,
             limits,
             metrics,
         }
+    }
+
+    /// The node's history store.
+    pub fn history(&self) -> &SharedHistory {
+        &self.history
     }
 
     /// This node's id.
@@ -118,6 +150,97 @@ impl Hub {
         self.fanout(&msg, exclude);
         self.pubsub
             .publish(&msg.topic, ClusterMessage::Broadcast(msg.clone()));
+    }
+
+    /// Broadcast on a topic with history: stored first, then delivered with its position (in
+    /// position order on every node); `exclude` skips one local session. Resolves once it is
+    /// stored; an error means it was neither stored nor sent (counted).
+    pub async fn broadcast_stored(
+        &self,
+        msg: Broadcast,
+        exclude: Option<u64>,
+        limits: Limits,
+        idempotency_key: Option<&str>,
+    ) -> Result<Stored, HistoryError> {
+        let mut msg = msg;
+        msg.except = exclude;
+        let deliver = |b: Arc<Broadcast>| {
+            self.fanout(&b, b.except);
+            let topic = b.topic.clone();
+            self.pubsub.publish(&topic, ClusterMessage::Broadcast(b));
+        };
+        let result = self
+            .history
+            .append(msg, limits, idempotency_key, &deliver)
+            .await;
+        match &result {
+            Ok(stored) => {
+                let label = if stored.fresh { "stored" } else { "duplicate" };
+                self.metrics
+                    .history_appends
+                    .with_label_values(&[label])
+                    .inc();
+                if stored.fresh {
+                    self.metrics.broadcasts.inc();
+                }
+            }
+            Err(_) => self.metrics.history_errors.inc(),
+        }
+        result
+    }
+
+    /// Queue one broadcast for one subscriber: its frame, or the broadcast itself when the
+    /// channel intercepts the event.
+    pub fn deliver_to(
+        &self,
+        session: &SessionHandle,
+        wire: Wire,
+        intercepts: Option<&[String]>,
+        msg: &Arc<Broadcast>,
+    ) {
+        if intercepts.is_some_and(|ev| ev.iter().any(|e| *e == msg.event)) {
+            return self.queue(session, OutItem::Intercept(msg.clone()));
+        }
+        let out = Outgoing::Broadcast {
+            position: msg.position.as_deref(),
+            topic: &msg.topic,
+            event: &msg.event,
+            payload: &msg.payload,
+        };
+        self.send(session, wire, out);
+    }
+
+    /// End a `Recovering` subscription: under the topic's lock, `settle` gets the broadcasts
+    /// set aside meanwhile and queues what the session must get first (join reply, replay,
+    /// the set-aside broadcasts it wants); the subscription then receives like any other.
+    /// Returns the shared topic string.
+    pub fn settle(
+        &self,
+        topic: &str,
+        session_key: u64,
+        settle: impl FnOnce(&Arc<str>, Vec<Arc<Broadcast>>),
+    ) -> Option<Arc<str>> {
+        let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
+        let (key, subs) = shard
+            .get_key_value(topic)
+            .map(|(k, _)| k.clone())
+            .and_then(|k| {
+                let subs = shard.get_mut(topic)?;
+                Some((k, subs))
+            })?;
+        let sub = subs.get_mut(&session_key)?;
+        let (wire, intercepts, aside) = match &sub.kind {
+            SubKind::Recovering {
+                wire,
+                intercepts,
+                aside,
+            } => (*wire, intercepts.clone(), aside.clone()),
+            _ => return None,
+        };
+        sub.kind = SubKind::Channel { wire, intercepts };
+        let aside = std::mem::take(&mut *aside.lock().unwrap_or_else(|e| e.into_inner()));
+        settle(&key, aside);
+        Some(key)
     }
 
     /// Encode and queue a frame for one session.
@@ -251,6 +374,13 @@ impl Hub {
                             .close(Close::new(CloseCode::GOING_AWAY, "disconnected"));
                         self.metrics.forced_disconnects.inc();
                     }
+                    continue;
+                }
+                SubKind::Recovering { aside, .. } => {
+                    aside
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(msg.clone());
                     continue;
                 }
                 SubKind::Channel {

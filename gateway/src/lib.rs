@@ -10,7 +10,8 @@
 //!   [`cluster`] — the typed messages nodes send each other, and their Redis envelopes.
 //! * [`pubsub`] — the cross-node trait, the in-process and Redis adapters, the node's inbox.
 //!   [`outbox`] — a session's bounded queue of frames. [`backend`] — the backend hooks'
-//!   contract and their pooled, signed, bounded HTTP client.
+//!   contract and their pooled, signed, bounded HTTP client. [`history`] — topic histories
+//!   (positions, the in-process ring and the Redis store) for recovery on join.
 //! * [`registry`] — every live session, the `SessionHandle` other tasks touch, the clock.
 //! * [`hub`] — topic → sessions index, fastlane fan-out, cluster broadcasts.
 //! * [`presence`] — replicas, the tracker, phoenix.js `Presence` payloads.
@@ -35,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;
+pub mod history;
 pub mod http_api;
 pub mod hub;
 pub mod metrics;

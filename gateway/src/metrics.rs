@@ -76,6 +76,20 @@ pub struct Metrics {
     pub pubsub_healthy: IntGauge,
     /// Presence metas held in this node's replicas.
     pub presence_entries: IntGauge,
+    /// Broadcasts stored in a topic's history by this node, by result (`stored`, or
+    /// `duplicate`: an idempotency key already used, nothing stored).
+    pub history_appends: IntCounterVec,
+    /// History appends and reads that failed (store unreachable): the broadcast was refused
+    /// (503 / `unavailable`), or the join could not recover.
+    pub history_errors: IntCounter,
+    /// Joins of history topics by recovery outcome (`exact`, `not_exact`, `none`: no `since`).
+    pub history_recoveries: IntCounterVec,
+    /// Messages pushed to joining clients from history.
+    pub history_replayed: IntCounter,
+    /// Bytes held by the in-process history store (single node).
+    pub history_memory_bytes: IntGauge,
+    /// Entries the in-process store dropped early to stay under its memory cap.
+    pub history_evicted: IntCounter,
     /// User-space bytes per live session: (RSS − RSS at startup) / sessions, set at each scrape.
     pub bytes_per_session: IntGauge,
     /// Backend hook requests by hook (`connect`, `join`, `event`, `leave`), answered or not.
@@ -240,6 +254,38 @@ impl Metrics {
             ),
             pubsub_canary_rtt,
             pubsub_healthy,
+            history_appends: counter_vec(
+                &r,
+                "gateway_history_appends_total",
+                "Broadcasts stored in topic history, by result (stored, duplicate).",
+                &["result"],
+            ),
+            history_errors: counter(
+                &r,
+                "gateway_history_errors_total",
+                "History appends and reads that failed (store unreachable).",
+            ),
+            history_recoveries: counter_vec(
+                &r,
+                "gateway_history_recoveries_total",
+                "Joins of history topics by recovery outcome (exact, not_exact, none).",
+                &["outcome"],
+            ),
+            history_replayed: counter(
+                &r,
+                "gateway_history_replayed_total",
+                "Messages pushed to joining clients from history.",
+            ),
+            history_memory_bytes: gauge(
+                &r,
+                "gateway_history_memory_bytes",
+                "Bytes held by the in-process history store.",
+            ),
+            history_evicted: counter(
+                &r,
+                "gateway_history_evicted_total",
+                "History entries dropped early to stay under the memory cap.",
+            ),
             sessions,
             connects: counter_vec(
                 &r,
@@ -387,6 +433,12 @@ impl Metrics {
         }
         for k in ["text", "binary"] {
             self.messages_in.with_label_values(&[k]);
+        }
+        for r in ["stored", "duplicate"] {
+            self.history_appends.with_label_values(&[r]);
+        }
+        for o in ["exact", "not_exact", "none"] {
+            self.history_recoveries.with_label_values(&[o]);
         }
         for r in [
             "publish_queue_full",

@@ -21,6 +21,9 @@ use crate::channel::{BackendChannel, Channel, ConfigChannel, Router};
 use crate::cluster::ClusterMessage;
 use crate::config::{ChannelSpec, Config};
 use crate::edge::Edge;
+use crate::history::memory::MemoryHistory;
+use crate::history::redis::RedisHistory;
+use crate::history::SharedHistory;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxLimits;
@@ -118,13 +121,21 @@ impl Gateway {
         metrics.per_message = config.message_metrics;
         let metrics = Arc::new(metrics);
         let (inbox, deliveries) = Inbox::new(metrics.clone());
-        let pubsub: SharedPubSub = match config.redis(&node_id) {
+        // Histories live where positions can be cluster-wide: Redis, else this node's memory.
+        let (pubsub, history): (SharedPubSub, SharedHistory) = match config.redis(&node_id) {
             Some(redis) => {
                 let adapter = RedisAdapter::start(redis, metrics.clone(), inbox).await?;
                 info!(node_id = %node_id, "cluster member through Redis");
-                Arc::new(adapter)
+                let history = Arc::new(RedisHistory::new(adapter.redis().clone()));
+                (Arc::new(adapter), history)
             }
-            None => Arc::new(bus.unwrap_or_default().attach(node_id.clone(), inbox)),
+            None => (
+                Arc::new(bus.unwrap_or_default().attach(node_id.clone(), inbox)),
+                Arc::new(MemoryHistory::new(
+                    config.history_memory_max_bytes,
+                    metrics.clone(),
+                )),
+            ),
         };
         if !auth.enabled() {
             warn!("auth is OFF: anyone may connect and join public channels; set --jwt-secret (GATEWAY_JWT_SECRET) to require signed tokens");
@@ -136,7 +147,7 @@ impl Gateway {
             max_items: config.outbox_max_frames,
             max_bytes: config.outbox_max_bytes,
         };
-        let hub = Arc::new(Hub::new(pubsub, outbox, metrics.clone()));
+        let hub = Arc::new(Hub::new(pubsub, history, outbox, metrics.clone()));
         let presence = Arc::new(Presence::new(
             hub.clone(),
             PresenceSettings {
@@ -224,7 +235,8 @@ async fn deliver(
     while let Some(msg) = deliveries.recv().await {
         match msg {
             ClusterMessage::Broadcast(b) => {
-                core.hub.fanout(&b, None);
+                // `except` is only ever set on the echo of this node's own history broadcast.
+                core.hub.fanout(&b, b.except);
             }
             ClusterMessage::Presence(p) => core.presence.handle(p),
             ClusterMessage::LongPoll(l) => longpoll.handle(l),

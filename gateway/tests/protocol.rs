@@ -144,6 +144,8 @@ fn config() -> Config {
                 presence: false,
                 presence_key: "user".into(),
                 presence_meta: vec![],
+                history_size: 0,
+                history_ttl_secs: 300,
             },
         ],
         ..Config::default()

@@ -136,6 +136,7 @@ proptest! {
         });
 
         let broadcast = decode_v2(&encode_v2(Outgoing::Broadcast {
+            position: None,
             topic: &topic, event: &event, payload: &p,
         })).unwrap();
         prop_assert_eq!(&broadcast, &Message { join_ref: None, ..push.clone() });
@@ -188,7 +189,7 @@ proptest! {
         prop_assert_eq!((&reply.msg_ref, reply.event.as_str()), (&r, "phx_reply"));
         // V1 has no binary frames.
         let bin = Payload::Binary(Bytes::from_static(b"x"));
-        let v1_binary = encode_v1(Outgoing::Broadcast { topic: &topic, event: &event, payload: &bin });
+        let v1_binary = encode_v1(Outgoing::Broadcast { position: None, topic: &topic, event: &event, payload: &bin });
         prop_assert!(v1_binary.is_none());
     }
 
@@ -235,6 +236,7 @@ proptest! {
             (1, vec![jr_s, r_s, topic.clone(), status], payload.clone())
         );
         let broadcast = encode_binary(Outgoing::Broadcast {
+            position: None,
             topic: &topic, event: &event, payload: &p,
         }).unwrap();
         prop_assert_eq!(
@@ -243,7 +245,7 @@ proptest! {
         );
         // The serializer picks the binary encoder for binary payloads.
         let enc = Serializer::V2
-            .encode(Outgoing::Broadcast { topic: &topic, event: &event, payload: &p })
+            .encode(Outgoing::Broadcast { position: None, topic: &topic, event: &event, payload: &p })
             .unwrap();
         prop_assert!(!enc.text);
         prop_assert_eq!(enc.bytes, broadcast);
@@ -253,7 +255,7 @@ proptest! {
     fn v2_binary_refuses_fields_over_255_bytes(extra in 256usize..1024) {
         let long = "x".repeat(extra);
         let p = Payload::Binary(Bytes::from_static(b"p"));
-        let broadcast = encode_binary(Outgoing::Broadcast { topic: &long, event: "e", payload: &p });
+        let broadcast = encode_binary(Outgoing::Broadcast { position: None, topic: &long, event: "e", payload: &p });
         let push = encode_binary(Outgoing::Push {
             join_ref: None, topic: "t", event: &long, payload: &p,
         });

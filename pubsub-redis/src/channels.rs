@@ -77,6 +77,14 @@ impl ChannelNames {
         format!("{}c:{}:{conn}:{{{tag}}}", self.head, self.node_id)
     }
 
+    /// A key of `topic`'s history (`kind`: `h` the entries, `hm` the epoch and offset, `hi`
+    /// an idempotency key, then `suffix`): `{prefix}:{kind}:{{topic}}{suffix}` in both modes,
+    /// so in Redis Cluster a topic's keys and its shard channel share one slot (the history
+    /// script touches them all at once).
+    pub fn history_key(&self, kind: &str, topic: &str, suffix: &str) -> String {
+        format!("{}{kind}:{{{topic}}}{suffix}", self.head)
+    }
+
     /// Classifies a channel we received a message on; `None` for names we never subscribe.
     pub fn classify<'a>(&self, channel: &'a str) -> Option<ChannelKind<'a>> {
         let rest = channel.strip_prefix(self.head.as_str())?;

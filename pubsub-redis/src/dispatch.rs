@@ -100,7 +100,9 @@ impl Dispatcher {
                 if env.topic != topic {
                     tracing::debug!(channel, envelope_topic = %env.topic, "envelope topic mismatch, dropped");
                     Counters::bump(&self.counters.decode_errors);
-                } else if env.origin == self.node_id {
+                } else if env.origin == self.node_id && env.position.is_none() {
+                    // A positioned broadcast is delivered from its echo on its origin too (the
+                    // origin does not fan it out itself), which keeps position order there.
                     Counters::bump(&self.counters.dropped_echoes);
                 } else {
                     self.deliver(Incoming::Topic(env));

@@ -47,6 +47,16 @@ pub struct Envelope {
     /// True when `payload` is raw binary (a Phoenix binary push) rather than JSON text.
     #[serde(default)]
     pub binary: bool,
+    /// The broadcast's position in its topic's history (`"<epoch>-<offset>"`), on topics that
+    /// keep one. Only the history script writes it (appended as the map's last entry when the
+    /// message is stored), so nodes deliver a positioned broadcast even when it is their own
+    /// echo: every node then delivers a topic in position order. Absent in older envelopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// A session of the origin node that must not receive this broadcast (`broadcast_from`
+    /// on a history topic, whose origin delivers from its own echo). Meaningless elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except: Option<u64>,
 }
 
 /// Why bytes read from Redis are not a usable [`Envelope`].
@@ -88,6 +98,8 @@ impl Envelope {
             event: event.into(),
             payload: payload.into(),
             binary,
+            position: None,
+            except: None,
         }
     }
 

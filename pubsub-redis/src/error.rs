@@ -29,6 +29,9 @@ pub enum Error {
     /// The envelope could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// An envelope the history script cannot add a position to (not a small MessagePack map).
+    #[error("envelope cannot take a history position")]
+    Unpositionable,
     /// `publish(topic, envelope)` was given an envelope for a different topic.
     #[error("envelope topic {envelope:?} differs from publish topic {topic:?}")]
     TopicMismatch {

@@ -205,6 +205,14 @@ impl RedisPubSub {
         removed
     }
 
+    /// Waits (at most `limit`) until this node's subscription to `topic` is confirmed by
+    /// Redis, so what is published afterwards reaches it (a topic's history read after that
+    /// misses nothing). False when the topic is not owned or the wait timed out.
+    pub async fn subscribed(&self, topic: &str, limit: Duration) -> bool {
+        let channel = self.inner.names.topic(topic);
+        self.inner.interest.subscribed(&channel, limit).await
+    }
+
     /// A broadcast envelope from this node.
     pub fn envelope(
         &self,
@@ -250,6 +258,21 @@ impl RedisPubSub {
         };
         Counters::bump(counter);
         result
+    }
+
+    /// The publishing connection (the history scripts run on it).
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Channel and key naming.
+    pub(crate) fn names(&self) -> &ChannelNames {
+        &self.inner.names
+    }
+
+    /// Counters (history appends count as publishes).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// Readiness: `ready` is true only while every subscriber connection owns all of this

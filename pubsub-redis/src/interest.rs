@@ -11,17 +11,21 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::channels::connection_of;
 
 /// Desired channels of one subscriber connection.
 #[derive(Debug, Default)]
 pub(crate) struct ConnInterest {
-    /// Channel names (topic and direct; canaries are handled by the connection task).
-    desired: Mutex<HashSet<String>>,
+    /// Channel names (topic and direct; canaries are handled by the connection task), and the
+    /// version of the set: bumped by every addition, so a caller can wait until the additions
+    /// it saw are subscribed in Redis.
+    desired: Mutex<(HashSet<String>, u64)>,
     /// Woken whenever `desired` changes.
     pub dirty: Notify,
+    /// The newest version of `desired` whose additions Redis confirmed on this connection.
+    applied: watch::Sender<u64>,
 }
 
 /// Desired channels of every subscriber connection; a channel lives on `connection_of(name)`.
@@ -44,7 +48,12 @@ impl Interest {
     /// Records ownership of `channel`; true if it was not owned before.
     pub(crate) fn add(&self, channel: String) -> bool {
         let conn = &self.conns[connection_of(&channel, self.conns.len())];
-        let added = conn.desired.lock().unwrap().insert(channel);
+        let added = {
+            let mut desired = conn.desired.lock().unwrap();
+            let added = desired.0.insert(channel);
+            desired.1 += u64::from(added);
+            added
+        };
         if added {
             conn.dirty.notify_one();
         }
@@ -54,11 +63,31 @@ impl Interest {
     /// Gives up ownership of `channel`; true if it was owned.
     pub(crate) fn remove(&self, channel: &str) -> bool {
         let conn = &self.conns[connection_of(channel, self.conns.len())];
-        let removed = conn.desired.lock().unwrap().remove(channel);
+        let removed = conn.desired.lock().unwrap().0.remove(channel);
         if removed {
             conn.dirty.notify_one();
         }
         removed
+    }
+}
+
+impl Interest {
+    /// Waits (at most `limit`) until `channel`, which this node owns, is subscribed in Redis
+    /// on its connection. False when it is not owned or the wait timed out.
+    pub(crate) async fn subscribed(&self, channel: &str, limit: Duration) -> bool {
+        let conn = &self.conns[connection_of(channel, self.conns.len())];
+        let target = {
+            let desired = conn.desired.lock().unwrap();
+            if !desired.0.contains(channel) {
+                return false;
+            }
+            desired.1
+        };
+        let mut applied = conn.applied.subscribe();
+        let confirmed = tokio::time::timeout(limit, applied.wait_for(|v| *v >= target))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        confirmed
     }
 }
 
@@ -133,10 +162,14 @@ impl Syncer {
         applied: &mut HashSet<String>,
     ) -> Result<usize, SyncError> {
         applied.clear();
-        let wanted: Vec<String> = conn.desired.lock().unwrap().iter().cloned().collect();
+        let (wanted, version): (Vec<String>, u64) = {
+            let desired = conn.desired.lock().unwrap();
+            (desired.0.iter().cloned().collect(), desired.1)
+        };
         self.subscribe(ops, &wanted).await?;
         let n = wanted.len();
         applied.extend(wanted);
+        conn.applied.send_if_modified(|v| raise(v, version));
         Ok(n)
     }
 
@@ -147,17 +180,19 @@ impl Syncer {
         conn: &ConnInterest,
         applied: &mut HashSet<String>,
     ) -> Result<(), SyncError> {
-        let (add, remove): (Vec<String>, Vec<String>) = {
+        let (add, remove, version): (Vec<String>, Vec<String>, u64) = {
             let desired = conn.desired.lock().unwrap();
             (
-                desired.difference(applied).cloned().collect(),
-                applied.difference(&desired).cloned().collect(),
+                desired.0.difference(applied).cloned().collect(),
+                applied.difference(&desired.0).cloned().collect(),
+                desired.1,
             )
         };
         if !add.is_empty() {
             self.subscribe(ops, &add).await?;
             applied.extend(add);
         }
+        conn.applied.send_if_modified(|v| raise(v, version));
         if !remove.is_empty() {
             self.unsubscribe(ops, &remove).await?;
             for channel in &remove {
@@ -166,6 +201,15 @@ impl Syncer {
         }
         Ok(())
     }
+}
+
+/// Raise a confirmed version (never lower it); true when it changed.
+fn raise(current: &mut u64, to: u64) -> bool {
+    let higher = to > *current;
+    if higher {
+        *current = to;
+    }
+    higher
 }
 
 #[cfg(test)]

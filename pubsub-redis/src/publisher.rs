@@ -21,6 +21,24 @@ use tokio::sync::Notify;
 use crate::backoff::Backoff;
 use crate::error::Error;
 
+/// A Lua script and its SHA1 (the name EVALSHA calls it by).
+#[derive(Debug)]
+pub(crate) struct LuaScript {
+    /// The source.
+    pub code: &'static str,
+    /// Lowercase hex SHA1 of `code`.
+    pub sha: String,
+}
+
+impl LuaScript {
+    pub(crate) fn new(code: &'static str) -> Self {
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(code.as_bytes());
+        let sha = digest.iter().map(|b| format!("{b:02x}")).collect();
+        LuaScript { code, sha }
+    }
+}
+
 /// How to (re)connect.
 pub(crate) enum Target {
     Standalone(redis::Client),
@@ -116,28 +134,76 @@ impl Publisher {
     /// `PUBLISH` (standalone) or `SPUBLISH` (cluster) `payload` on `channel`; returns how many
     /// subscriber connections received it.
     pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) -> Result<u64, Error> {
+        let command = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut cmd = redis::cmd(command);
+        cmd.arg(channel).arg(payload);
+        self.bounded(|conn| async move {
+            match conn {
+                Conn::Standalone(mut c) => cmd.query_async::<u64>(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async::<u64>(&mut c).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs a Lua script with EVALSHA, and with EVAL (which also caches it) when Redis does
+    /// not know it yet (first use, or after a restart), on the shared connection, with the
+    /// same timeout and fail-fast rules as a publish.
+    pub(crate) async fn script<T: redis::FromRedisValue + Send>(
+        &self,
+        script: &LuaScript,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<T, Error> {
+        let build = |name: &str, body: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let by_sha = build("EVALSHA", &script.sha);
+        let result = self
+            .bounded(|conn| async move {
+                match conn {
+                    Conn::Standalone(mut c) => by_sha.query_async::<T>(&mut c).await,
+                    Conn::Cluster(mut c) => by_sha.query_async::<T>(&mut c).await,
+                }
+            })
+            .await;
+        match result {
+            Err(Error::Redis(e)) if e.code() == Some("NOSCRIPT") => {
+                let eval = build("EVAL", script.code);
+                self.bounded(|conn| async move {
+                    match conn {
+                        Conn::Standalone(mut c) => eval.query_async::<T>(&mut c).await,
+                        Conn::Cluster(mut c) => eval.query_async::<T>(&mut c).await,
+                    }
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this is a Redis Cluster connection (sharded pub/sub commands).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// Runs `call` on the current connection within the timeout; a connection-class error or
+    /// a timeout empties the slot (standalone), so later calls fail fast until it is back.
+    async fn bounded<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let Some((generation, conn)) = self.slot.lock().unwrap().clone() else {
             return Err(Error::Unavailable);
         };
-        let fut = async {
-            match conn {
-                Conn::Standalone(mut c) => {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async::<u64>(&mut c)
-                        .await
-                }
-                Conn::Cluster(mut c) => {
-                    redis::cmd("SPUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async::<u64>(&mut c)
-                        .await
-                }
-            }
-        };
-        let (result, broken) = match tokio::time::timeout(self.timeout, fut).await {
+        let (result, broken) = match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(Ok(n)) => return Ok(n),
             Ok(Err(err)) => {
                 let broken = err.is_io_error()

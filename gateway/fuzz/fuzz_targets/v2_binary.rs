@@ -85,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(p, &payload[..]);
 
     let broadcast = encode_binary(Outgoing::Broadcast {
+        position: None,
         topic: &m.topic,
         event: &m.event,
         payload: &m.payload,

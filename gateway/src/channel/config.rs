@@ -4,12 +4,14 @@
 //! client event gets an error reply `{"reason":"unknown event"}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::{Channel, ChannelContext, ChannelError, Join, Reply};
 use crate::config::{ChannelSpec, JoinPolicy};
+use crate::history::Limits;
 use crate::protocol::Payload;
 
 /// A channel instance driven by a `ChannelSpec`.
@@ -83,6 +85,13 @@ impl Channel for ConfigChannel {
         self.spec.presence
     }
 
+    fn history(&self) -> Option<Limits> {
+        (self.spec.history_size > 0).then(|| Limits {
+            size: self.spec.history_size,
+            ttl: Duration::from_secs(self.spec.history_ttl_secs),
+        })
+    }
+
     async fn handle_in(
         &mut self,
         event: &str,
@@ -95,6 +104,22 @@ impl Channel for ConfigChannel {
             } else {
                 Reply::reason("not tracked")
             }));
+        }
+        let from = self.spec.broadcast_from.iter().any(|e| e == event);
+        if let Some(limits) = self.history() {
+            if !from && !self.spec.broadcast.iter().any(|e| e == event) {
+                return Ok(Some(Reply::reason("unknown event")));
+            }
+            // The ok reply follows storage and carries the position; the client may retry
+            // an `unavailable`.
+            return Ok(Some(
+                match ctx.broadcast_stored(event, payload, limits, from).await {
+                    Ok(stored) => Reply::ok(Payload::json(
+                        &serde_json::json!({ "position": stored.position.to_string() }),
+                    )),
+                    Err(_) => Reply::reason("unavailable"),
+                },
+            ));
         }
         if self.spec.broadcast.iter().any(|e| e == event) {
             ctx.broadcast(event, payload);

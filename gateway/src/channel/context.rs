@@ -11,6 +11,7 @@ use super::Reply;
 use crate::auth::Claims;
 use crate::backend::{Assigns, SessionInfo};
 use crate::cluster::Broadcast;
+use crate::history::{HistoryError, Limits, Stored};
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::protocol::{Outgoing, Payload, Wire};
@@ -134,6 +135,28 @@ impl ChannelContext<'_> {
             Broadcast::new(self.topic, event, payload),
             Some(self.session.key),
         );
+    }
+
+    /// Broadcast on a topic with history (see `Channel::history`): resolves once the broadcast
+    /// is stored, with its position; every subscriber (this client too unless
+    /// `exclude_self`) gets it with that position in position order. An error means it was
+    /// neither stored nor sent: reply `unavailable` so the client may retry.
+    pub async fn broadcast_stored(
+        &self,
+        event: &str,
+        payload: Payload,
+        limits: Limits,
+        exclude_self: bool,
+    ) -> Result<Stored, HistoryError> {
+        let exclude = exclude_self.then_some(self.session.key);
+        self.hub
+            .broadcast_stored(
+                Broadcast::plain(self.topic, event, payload),
+                exclude,
+                limits,
+                None,
+            )
+            .await
     }
 
     /// An owned handle to this channel for work outside the callback (another task).

@@ -18,6 +18,7 @@ pub use config::ConfigChannel;
 pub use context::{ChannelContext, ChannelHandle, DeferredReply, Identity};
 pub use router::Router;
 
+use crate::history::Limits;
 use crate::protocol::Payload;
 
 /// A channel handler failed; the client gets `phx_error` and the channel ends.
@@ -121,6 +122,13 @@ pub trait Channel: Send + 'static {
     /// subscriber first fetches the topic's presences from the other nodes.
     fn tracks_presence(&self) -> bool {
         false
+    }
+
+    /// The topic's history limits, when broadcasts on it are kept for recovery: joins then
+    /// read the `since` field of their payload and their ok reply gains `recovered` and
+    /// `position`, and broadcasts should go through `ChannelContext::broadcast_stored`.
+    fn history(&self) -> Option<Limits> {
+        None
     }
 
     /// Called once when the channel ends.

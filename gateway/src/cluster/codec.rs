@@ -68,13 +68,16 @@ fn json(body: &impl Serialize) -> Bytes {
 pub fn encode(origin: &str, topic: &str, msg: &ClusterMessage) -> Envelope {
     let (kind, body) = match msg {
         ClusterMessage::Broadcast(b) => {
-            return Envelope::new(
+            let mut env = Envelope::new(
                 origin,
                 b.topic.as_str(),
                 b.event.as_str(),
                 Bytes::clone(b.payload.bytes()),
                 b.payload.is_binary(),
-            )
+            );
+            env.position = b.position.as_deref().map(str::to_owned);
+            env.except = b.except;
+            return env;
         }
         ClusterMessage::Presence(p) => match p {
             PresenceMessage::Delta { delta, .. } => (PRESENCE_DELTA, json(delta)),
@@ -109,6 +112,8 @@ pub fn decode(route: Route, env: Envelope) -> Result<ClusterMessage, Dropped> {
                 topic: env.topic,
                 event: env.event,
                 payload,
+                position: env.position.map(Arc::from),
+                except: env.except,
             }))
         }
         PRESENCE_DELTA => ClusterMessage::Presence(PresenceMessage::Delta {
@@ -165,6 +170,14 @@ mod tests {
                 "blob",
                 Payload::Binary(Bytes::from_static(b"\x00\xff")),
             )),
+        );
+        let mut positioned = Broadcast::plain("room:1", "new_msg", Payload::raw_json("{}"));
+        positioned.position = Some(Arc::from("abc-7"));
+        positioned.except = Some(3);
+        round_trip(
+            Route::Topic,
+            "room:1",
+            ClusterMessage::Broadcast(Arc::new(positioned)),
         );
         round_trip(
             Route::Topic,

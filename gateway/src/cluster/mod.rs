@@ -27,16 +27,29 @@ pub struct Broadcast {
     pub event: String,
     /// Already-encoded payload, passed through untouched.
     pub payload: Payload,
+    /// Its position in the topic's history (`"<epoch>-<offset>"`, see `history`), sent to
+    /// clients in the `ref` slot; `None` on topics without history.
+    pub position: Option<Arc<str>>,
+    /// A session of the origin node that must not get it (`broadcast_from` on a history
+    /// topic, delivered from its echo). Only ever set on the origin node.
+    pub except: Option<u64>,
 }
 
 impl Broadcast {
     /// A shared broadcast of `event` on `topic`.
     pub fn new(topic: impl Into<String>, event: impl Into<String>, payload: Payload) -> Arc<Self> {
-        Arc::new(Broadcast {
+        Arc::new(Broadcast::plain(topic, event, payload))
+    }
+
+    /// A broadcast without position or exception, to be shared or positioned.
+    pub fn plain(topic: impl Into<String>, event: impl Into<String>, payload: Payload) -> Self {
+        Broadcast {
             topic: topic.into(),
             event: event.into(),
             payload,
-        })
+            position: None,
+            except: None,
+        }
     }
 }
 

@@ -56,6 +56,18 @@ pub struct ChannelSpec {
     /// limited to 1 KiB. The client event `presence_update` replaces them.
     #[serde(default)]
     pub presence_meta: Vec<String>,
+    /// Broadcasts kept per topic for recovery on join (`since`); 0 (the default) = no
+    /// history, and broadcasts cost nothing extra.
+    #[serde(default)]
+    pub history_size: u32,
+    /// How long a topic's history lives after its last broadcast (also how long an
+    /// idempotency key of `/api/broadcast` is remembered). Default 300.
+    #[serde(default = "default_history_ttl")]
+    pub history_ttl_secs: u64,
+}
+
+fn default_history_ttl() -> u64 {
+    300
 }
 
 fn default_presence_key() -> String {
@@ -64,7 +76,7 @@ fn default_presence_key() -> String {
 
 impl ChannelSpec {
     /// The demo channel served when no config file is given: `room:*`, public, `new_msg` and
-    /// `shout` broadcast to everyone including the sender.
+    /// `shout` broadcast to everyone including the sender, the last 100 kept for 300 s.
     pub fn demo() -> Self {
         ChannelSpec {
             pattern: "room:*".into(),
@@ -75,6 +87,8 @@ impl ChannelSpec {
             presence: true,
             presence_key: default_presence_key(),
             presence_meta: vec!["name".into(), "status".into()],
+            history_size: 100,
+            history_ttl_secs: 300,
         }
     }
 
@@ -89,6 +103,8 @@ impl ChannelSpec {
             presence: false,
             presence_key: default_presence_key(),
             presence_meta: vec![],
+            history_size: 0,
+            history_ttl_secs: default_history_ttl(),
         }
     }
 

@@ -91,6 +91,9 @@ pub struct Config {
     pub presence_down_after: Duration,
     /// Update per-message metrics (default on; off only to measure their cost).
     pub message_metrics: bool,
+    /// Most bytes of topic history a single node keeps in memory (default 64 MiB); past it the
+    /// appending topic gives up its oldest entries. With Redis, history lives there instead.
+    pub history_memory_max_bytes: usize,
     /// Serve `/ws-echo`, a plain WebSocket echo for conformance tests (default off).
     pub ws_echo: bool,
     /// Channel rules; empty = the demo channel (`room:*`).
@@ -134,6 +137,7 @@ impl Default for Config {
             longpoll_secret: None,
             phoenix_js: None,
             message_metrics: true,
+            history_memory_max_bytes: 64 << 20,
             presence_batch: Duration::from_millis(20),
             presence_heartbeat: Duration::from_secs(1),
             presence_down_after: Duration::from_secs(5),
@@ -251,6 +255,11 @@ impl Config {
             {
                 return Err(ConfigError::Invalid(
                     "broadcast events may not start with phx_ or presence_ (reserved)",
+                ));
+            }
+            if spec.history_size > 0 && spec.history_ttl_secs == 0 {
+                return Err(ConfigError::Invalid(
+                    "history_ttl_secs must be positive on a channel with history_size",
                 ));
             }
         }

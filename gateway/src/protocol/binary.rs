@@ -140,6 +140,7 @@ pub fn encode_binary(out: Outgoing<'_>) -> Option<Bytes> {
             topic,
             event,
             payload,
+            ..
         } => {
             buf = BytesMut::with_capacity(3 + topic.len() + event.len() + payload.bytes().len());
             buf.put_slice(&[BinaryKind::Broadcast as u8, len_u8(topic)?, len_u8(event)?]);
@@ -189,6 +190,7 @@ mod tests {
     fn encodes_server_kinds() {
         let p = Payload::Binary(Bytes::from_static(b"AB"));
         let b = encode_binary(Outgoing::Broadcast {
+            position: None,
             topic: "t",
             event: "e",
             payload: &p,
@@ -217,6 +219,7 @@ mod tests {
         );
         let long = "x".repeat(256);
         assert!(encode_binary(Outgoing::Broadcast {
+            position: None,
             topic: &long,
             event: "e",
             payload: &p

@@ -165,11 +165,14 @@ pub fn encode_v2(out: Outgoing<'_>) -> Bytes {
             buf.put_slice(payload.bytes());
         }
         Outgoing::Broadcast {
+            position,
             topic,
             event,
             payload,
         } => {
-            buf.put_slice(b"null,null,");
+            buf.put_slice(b"null,");
+            json_opt(&mut buf, position);
+            buf.put_u8(b',');
             json_string(&mut buf, topic);
             buf.put_u8(b',');
             json_string(&mut buf, event);
@@ -203,9 +206,13 @@ pub fn encode_v1(out: Outgoing<'_>) -> Option<Bytes> {
     let mut buf = BytesMut::with_capacity(capacity(&out) + 32);
     let (topic, event, msg_ref) = match out {
         Outgoing::Reply { topic, msg_ref, .. } => (topic, PHX_REPLY, msg_ref),
-        Outgoing::Push { topic, event, .. } | Outgoing::Broadcast { topic, event, .. } => {
-            (topic, event, None)
-        }
+        Outgoing::Push { topic, event, .. } => (topic, event, None),
+        Outgoing::Broadcast {
+            topic,
+            event,
+            position,
+            ..
+        } => (topic, event, position),
         Outgoing::Control {
             topic,
             event,
@@ -293,6 +300,7 @@ mod tests {
             br#"[null,"7","nope:1","phx_reply",{"status":"error","response":{"a":1}}]"#
         );
         let b = Outgoing::Broadcast {
+            position: None,
             topic: "r\"1",
             event: "e",
             payload: &p,

@@ -168,8 +168,13 @@ pub enum Outgoing<'a> {
         /// Payload.
         payload: &'a Payload,
     },
-    /// `[null, null, topic, event, payload]`: a broadcast, identical for every subscriber.
+    /// `[null, position, topic, event, payload]`: a broadcast, identical for every subscriber.
+    /// On a topic with history its position travels in the `ref` slot (V1 and V2 JSON), so
+    /// phoenix.js hands it to `channel.on(event, (payload, ref) => …)`; V2 binary broadcast
+    /// frames have no ref slot and carry none.
     Broadcast {
+        /// Position in the topic's history (`None`: the ref slot is null).
+        position: Option<&'a str>,
         /// Topic.
         topic: &'a str,
         /// Event.

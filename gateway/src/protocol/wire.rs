@@ -96,6 +96,7 @@ mod tests {
         let payload = Payload::raw_json(r#"{"a":"\"x\""}"#);
         let entry = wire
             .frame(Outgoing::Broadcast {
+                position: None,
                 topic: "t",
                 event: "e",
                 payload: &payload,
@@ -109,6 +110,7 @@ mod tests {
         assert_eq!(list.len(), 2);
         let binary = Payload::Binary(Bytes::from_static(b"\x00\x01"));
         let out = Outgoing::Broadcast {
+            position: None,
             topic: "t",
             event: "e",
             payload: &binary,

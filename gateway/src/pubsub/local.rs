@@ -104,6 +104,15 @@ impl PubSub for LocalPubSub {
     }
 
     fn publish(&self, topic: &str, msg: ClusterMessage) {
+        // Session keys are per node: an exception means nothing to the receivers.
+        let msg = match msg {
+            ClusterMessage::Broadcast(b) if b.except.is_some() => {
+                let mut b = (*b).clone();
+                b.except = None;
+                ClusterMessage::Broadcast(std::sync::Arc::new(b))
+            }
+            other => other,
+        };
         self.with_bus(|s| {
             let Some(nodes) = s.topics.get(topic) else {
                 return;

@@ -21,6 +21,7 @@ mod conformance;
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::cluster::ClusterMessage;
@@ -67,6 +68,14 @@ pub trait PubSub: Send + Sync + 'static {
     /// Start receiving `topic` (the Hub calls this when the first local subscriber arrives).
     /// Must not block: the adapter does any I/O in the background.
     fn subscribe(&self, topic: &str);
+
+    /// Resolves once this node's subscription to `topic` (already asked for) is in effect, so
+    /// whatever is published afterwards reaches it, or after a bounded wait. A join reading a
+    /// topic's history waits for it first, so no broadcast falls between the read and the
+    /// subscription. Immediate for adapters that subscribe synchronously.
+    fn subscribed<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Stop receiving `topic` (after the last local subscriber left).
     fn unsubscribe(&self, topic: &str);

@@ -32,6 +32,8 @@ enum Send {
 /// What the adapter's reader hands every message to: decoded and offered to the node's inbox.
 #[derive(Debug)]
 struct ToNode {
+    /// This node's id (an echo of its own positioned broadcast keeps its `except`).
+    node_id: String,
     /// The node's delivery queue.
     inbox: Inbox,
     /// Where undecodable kinds are counted.
@@ -40,10 +42,14 @@ struct ToNode {
 
 impl Sink for ToNode {
     fn deliver(&self, msg: Incoming) -> Accepted {
-        let (route, env) = match msg {
+        let (route, mut env) = match msg {
             Incoming::Topic(env) => (Route::Topic, env),
             Incoming::Direct(env) => (Route::Direct, env),
         };
+        // Session keys are per node: an exception only means something in the origin's echo.
+        if env.origin != self.node_id {
+            env.except = None;
+        }
         match codec::decode(route, env) {
             Ok(msg) => {
                 if self.inbox.offer(msg) {
@@ -73,6 +79,8 @@ pub struct RedisAdapter {
     health: watch::Receiver<Health>,
     /// Where the adapter's counters are mirrored.
     metrics: Arc<Metrics>,
+    /// Longest wait for a subscription to take effect (the publish timeout).
+    subscribe_wait: std::time::Duration,
     /// Counters at the previous mirroring (Prometheus counters only go up by deltas).
     last: Mutex<Stats>,
     /// Background tasks, aborted with the adapter.
@@ -102,7 +110,9 @@ impl RedisAdapter {
         metrics: Arc<Metrics>,
         inbox: Inbox,
     ) -> Result<Self, pubsub_redis::Error> {
+        let subscribe_wait = config.publish_timeout;
         let sink = Arc::new(ToNode {
+            node_id: config.node_id.clone().unwrap_or_default(),
             inbox,
             metrics: metrics.clone(),
         });
@@ -138,6 +148,7 @@ impl RedisAdapter {
             hasher: RandomState::new(),
             health,
             metrics,
+            subscribe_wait,
             last: Mutex::default(),
             tasks,
         })
@@ -155,6 +166,11 @@ impl RedisAdapter {
 }
 
 impl RedisAdapter {
+    /// The leaf adapter (the Redis history store runs its scripts through it).
+    pub fn redis(&self) -> &RedisPubSub {
+        &self.redis
+    }
+
     /// Mirror the adapter's counters and health into Prometheus (called at each scrape, so
     /// the exported values are never stale).
     fn refresh(&self) {
@@ -205,6 +221,14 @@ impl PubSub for RedisAdapter {
 
     fn unsubscribe(&self, topic: &str) {
         self.redis.unsubscribe(topic);
+    }
+
+    fn subscribed<'a>(&'a self, topic: &'a str) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.redis.subscribed(topic, self.subscribe_wait).await {
+                debug!(topic, "subscription not confirmed in time");
+            }
+        })
     }
 
     fn publish(&self, topic: &str, msg: ClusterMessage) {

@@ -1,6 +1,8 @@
 //! Joining a channel: routing the topic, the channel's `join`, and the order of what the client
 //! gets after an accepted join — the reply first, then the pushes the join made, then (for a
 //! presence channel) `presence_state`, then every broadcast and diff the subscription brings.
+//! A channel with history joins through `recover` instead, which adds the replay of what the
+//! client missed between the pushes and the live broadcasts.
 
 use std::panic::AssertUnwindSafe;
 
@@ -78,12 +80,27 @@ impl Session {
                 return join_error(self, Some(join_ref), "join crashed", "crashed");
             }
         };
+        let intercepts = handler.intercepts();
+        let intercepts: Option<std::sync::Arc<[String]>> =
+            (!intercepts.is_empty()).then(|| intercepts.iter().map(|e| e.to_string()).collect());
+        if let Some(limits) = handler.history() {
+            let joining = super::recover::Joining {
+                topic: &msg.topic,
+                join_ref,
+                msg_ref,
+                payload: &msg.payload,
+                response,
+                held,
+                intercepts,
+                limits,
+                presence: handler.tracks_presence(),
+            };
+            let topic = self.join_recovering(joining).await;
+            return self.joined(topic, join_ref, handler, stop).await;
+        }
         // The reply is queued before subscribing, so no broadcast can overtake it, and pushes
         // made during join follow it.
         self.reply(Some(join_ref), msg_ref, &msg.topic, &Reply::ok(response));
-        let intercepts = handler.intercepts();
-        let intercepts =
-            (!intercepts.is_empty()).then(|| intercepts.iter().map(|e| e.to_string()).collect());
         // A presence channel on a topic new to this node first fetches the other nodes' shares
         // (holding the topic's interest so their deltas arrive), so the state it answers with
         // is complete.
@@ -123,7 +140,18 @@ impl Session {
             },
         );
         drop(hold);
-        core.metrics.joins.inc();
+        self.joined(topic, join_ref, handler, stop).await;
+    }
+
+    /// Record a joined channel (and end it at once if its join asked to stop).
+    async fn joined(
+        &mut self,
+        topic: std::sync::Arc<str>,
+        join_ref: &str,
+        handler: Box<dyn crate::channel::Channel>,
+        stop: bool,
+    ) {
+        self.core.metrics.joins.inc();
         // Exact capacity: most sessions join one or two topics and stay idle.
         self.channels.reserve_exact(1);
         self.channels.push(Joined {

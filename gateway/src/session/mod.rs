@@ -11,6 +11,7 @@
 
 mod join;
 mod rate;
+mod recover;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -112,6 +112,8 @@ pub fn room_with_typing() -> ChannelSpec {
         presence: false,
         presence_key: "user".into(),
         presence_meta: vec![],
+        history_size: 0,
+        history_ttl_secs: 300,
     }
 }
 

@@ -8,6 +8,16 @@ import {RawClient, assertAccepted, fixture, postJson, show} from "./helpers/fixt
 
 const T = {timeout: 30000}
 
+// The demo channel without history (`history_size` 0), so frames are the bare Phoenix ones:
+// ref null on broadcasts, `{}` responses. What history adds to the wire is checked in
+// history.test.mjs, handshake.test.mjs and channels.test.mjs.
+const CONFIG = `
+[[channels]]
+pattern = "room:*"
+join = "public"
+broadcast = ["new_msg", "shout"]
+`
+
 const ok = (jr, ref, topic, response = {}) => [jr, ref, topic, "phx_reply", {status: "ok", response}]
 const isFrame = (jr, ref, topic, event) => m => m[0] === jr && m[1] === ref && m[2] === topic && m[3] === event
 
@@ -27,7 +37,7 @@ function binaryPush(jr, ref, topic, event, payload){
 
 test("wire: heartbeat is answered on topic phoenix with join_ref null", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const r = await fx.raw(gw)
   r.send([null, "5", "phoenix", "heartbeat", {}])
   const reply = await r.next(m => m[1] === "5", "heartbeat reply")
@@ -37,7 +47,7 @@ test("wire: heartbeat is answered on topic phoenix with join_ref null", T, async
 
 test("wire: join reply echoes join_ref and ref verbatim", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const r = await fx.raw(gw)
   r.send(["r:7", "r:7", "room:wire", "phx_join", {"nick": "bob"}])
   const reply = await r.next(m => m[1] === "r:7", "join reply")
@@ -51,7 +61,7 @@ test("wire: join reply echoes join_ref and ref verbatim", T, async t => {
 
 test("wire: unmatched topic join and push to an unjoined topic reply with join_ref null", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const r = await fx.raw(gw)
   r.send(["7", "7", "nope:1", "phx_join", {}])
   const join = await r.next(m => m[1] === "7", "unmatched join reply")
@@ -63,7 +73,7 @@ test("wire: unmatched topic join and push to an unjoined topic reply with join_r
 
 test("wire: leave replies ok, emits phx_close with the join ref, and stops delivery", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const r = await joined(fx, gw, "room:gone", "1")
   r.send(["2", "2", "room:stay", "phx_join", {}])
   await r.next(m => m[1] === "2" && m[3] === "phx_reply", "second join reply")
@@ -89,7 +99,7 @@ test("wire: leave replies ok, emits phx_close with the join ref, and stops deliv
 
 test("wire: duplicate join closes the old instance with its join_ref; broadcasts arrive once", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const r = await joined(fx, gw, "room:dup", "3")
   r.send(["12", "12", "room:dup", "phx_join", {}])
   const reply = await r.next(m => m[1] === "12", "second join reply")
@@ -123,7 +133,7 @@ test("wire: duplicate join closes the old instance with its join_ref; broadcasts
 
 test("wire: binary push is replied with a JSON ok and broadcast as a kind-2 binary frame", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const sender = await joined(fx, gw, "room:bin", "1")
   const other = await joined(fx, gw, "room:bin", "1")
   sender.sendBinary(binaryPush("1", "2", "room:bin", "new_msg", [1, 2, 3]))
@@ -146,7 +156,7 @@ test("wire: binary push is replied with a JSON ok and broadcast as a kind-2 bina
 
 test("wire: serializer negotiation by vsn (V1 objects, unknown vsn refused with 403)", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const v1 = await fx.raw(gw, {query: "vsn=1.0.0"})
   v1.send({topic: "room:v1", event: "phx_join", payload: {}, ref: "1", join_ref: "1"})
   const reply = await v1.frames.waitFor(f => !f.binary && f.msg && f.msg.ref === "1", {what: "V1 join reply"})
@@ -162,7 +172,7 @@ test("wire: serializer negotiation by vsn (V1 objects, unknown vsn refused with 
 
 test("wire: tolerated input — null join_ref on a joined topic, extra trailing elements, other events on phoenix", T, async t => {
   const fx = fixture(t)
-  const gw = await fx.gateway()
+  const gw = await fx.gateway({config: CONFIG})
   const r = await joined(fx, gw, "room:tol", "1")
   // §3.8: a null join_ref is accepted (V1 and hand-written clients)
   r.send([null, "2", "room:tol", "new_msg", {n: "null-jr"}])

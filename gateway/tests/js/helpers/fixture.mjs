@@ -324,3 +324,22 @@ export function bytesOf(value){
   if(ArrayBuffer.isView(value)){ return Array.from(new Uint8Array(value.buffer, value.byteOffset, value.byteLength)) }
   return null
 }
+
+/**
+ * The demo channel `room:*` keeps history: its ok join replies carry `recovered` and
+ * `position`, its push replies `position`. Checks those fields (a position string; recovered
+ * false, since these joins have no `since`) and returns the reply without them, so a test can
+ * compare the rest exactly.
+ */
+export function withoutHistory(reply){
+  const response = {...reply.response}
+  if(typeof response.position !== "string"){
+    throw new Error(`expected a history position in ${show(reply)}`)
+  }
+  if("recovered" in response && response.recovered !== false){
+    throw new Error(`expected recovered: false in ${show(reply)}`)
+  }
+  delete response.position
+  delete response.recovered
+  return {...reply, response}
+}

@@ -1,0 +1,109 @@
+// History and recovery with the unmodified phoenix.js client: `socket.channel(topic, () =>
+// ({since: last}))` re-evaluates its params on every rejoin, and `channel.on(event, (payload,
+// ref) => …)` gets each broadcast's position in `ref`. A client whose connection is cut while
+// 50 messages are broadcast rejoins by itself and receives exactly those 50, in order, then
+// live ones: over WebSocket (the connection cut at a proxy) and over LongPoll (the session
+// ended by the server with a forced disconnect). The demo channel `room:*` keeps history.
+
+import assert from "node:assert/strict"
+import {test} from "node:test"
+import {LongPoll} from "phoenix"
+import {Recorder, assertAccepted, fixture, nowSecs, okJoins, postJson, signJwt} from "./helpers/fixture.mjs"
+
+const T = {timeout: 60000}
+const SECRET = "history-secret"
+
+/** A channel that remembers the last position it saw and rejoins `since` it. */
+function recovering(client, topic){
+  const state = {last: null, got: new Recorder(`${topic} new_msg`)}
+  const ch = client.channel(topic, () => (state.last === null ? {} : {since: state.last}))
+  ch.on("new_msg", (payload, ref) => {
+    state.last = ref
+    state.got.push({i: payload.i, ref})
+  })
+  return {ch, state}
+}
+
+async function publish(gw, topic, i){
+  const res = await postJson(gw, "/api/broadcast", {topic, event: "new_msg", payload: {i}})
+  assertAccepted(res, `broadcast ${i}`)
+  assert.equal(typeof res.json.position, "string", res.body)
+  return res.json.position
+}
+
+/** Resolves once `state.got` holds `n` messages. */
+async function received(state, n){
+  await state.got.waitFor(() => state.got.items.length >= n, {what: `${n} messages`, timeout: 10000})
+}
+
+function assertExactlyInOrder(state, n){
+  const got = state.got.items
+  assert.deepEqual(got.map(m => m.i), Array.from({length: n}, (_, i) => i), "every message once, in order")
+  const offsets = got.map(m => Number(m.ref.split("-").pop()))
+  assert.deepEqual(offsets, Array.from({length: n}, (_, i) => offsets[0] + i), "positions follow each other")
+  assert.ok(got.every(m => Number.isNaN(Number(m.ref))), "positions are not numbers")
+}
+
+test("websocket: a client cut off while 50 messages are broadcast gets exactly those, then live ones", T, async t => {
+  const fx = fixture(t)
+  const gw = await fx.gateway()
+  const proxy = await fx.proxy([gw])
+  const c = fx.client(proxy)
+  const topic = "room:history-ws"
+  const {ch, state} = recovering(c, topic)
+  await okJoins(ch, 1)
+  const first = await ch.joins.waitFor(j => j.status === "ok")
+  assert.equal(first.response.recovered, false, "the first join has no since")
+  assert.equal(typeof first.response.position, "string")
+  await publish(gw, topic, 0)
+  await received(state, 1)
+
+  const closed = c.events.mark()
+  for(const s of proxy.sockets){ s.destroy() }
+  await c.events.waitFor(e => e.kind === "close", {from: closed, what: "the cut"})
+  for(let i = 1; i <= 50; i++){ await publish(gw, topic, i) }
+  await okJoins(ch, 2)
+  const rejoin = ch.joins.items.filter(j => j.status === "ok")[1]
+  assert.equal(rejoin.response.recovered, true, JSON.stringify(rejoin))
+  await received(state, 51)
+  await publish(gw, topic, 51)
+  await received(state, 52)
+  assertExactlyInOrder(state, 52)
+})
+
+test("longpoll: a session ended by the server while 50 messages are broadcast recovers them", T, async t => {
+  const fx = fixture(t)
+  const gw = await fx.gateway({args: ["--jwt-secret", SECRET]})
+  const token = signJwt({sub: "lp", exp: nowSecs() + 3600}, SECRET)
+  const c = fx.client(gw, {transport: LongPoll, params: {token}})
+  const topic = "room:history-lp"
+  const {ch, state} = recovering(c, topic)
+  await okJoins(ch, 1)
+  await publish(gw, topic, 0)
+  await received(state, 1)
+
+  assertAccepted(await postJson(gw, "/api/disconnect", {id: "user_socket:lp"}), "disconnect")
+  for(let i = 1; i <= 50; i++){ await publish(gw, topic, i) }
+  await okJoins(ch, 2, {timeout: 15000})
+  const rejoin = ch.joins.items.filter(j => j.status === "ok")[1]
+  assert.equal(rejoin.response.recovered, true, JSON.stringify(rejoin))
+  await received(state, 51)
+  await publish(gw, topic, 51)
+  await received(state, 52)
+  assertExactlyInOrder(state, 52)
+})
+
+test("a malformed or foreign since joins with recovered false and no replay", T, async t => {
+  const fx = fixture(t)
+  const gw = await fx.gateway()
+  const topic = "room:history-bad"
+  await publish(gw, topic, 0)
+  const c = fx.client(gw)
+  for(const since of ["garbage", "zzzz-1", "12", 12]){
+    const ch = c.channel(topic, {since})
+    await okJoins(ch, 1)
+    const reply = ch.joins.items[0]
+    assert.equal(reply.response.recovered, false, `${JSON.stringify(since)}: ${JSON.stringify(reply)}`)
+    ch.leave()
+  }
+})
