@@ -28,8 +28,13 @@ bench_header "ab.sh old $OLD vs new $NEW x$RUNS"
 if [ ! -d "$AB_TARGET/release" ] && [ -d "$BIN" ]; then
   mkdir -p "$AB_TARGET" && cp -a "$BIN" "$AB_TARGET/release"
 fi
+HEAD_REV=$(git -C "$ROOT" rev-parse --short HEAD)
 for side in old new; do
   rev=$OLD; [ "$side" = new ] && rev=$NEW
+  if [ "$rev" = "$HEAD_REV" ]; then   # this clean checkout, already built by bench_header
+    mkdir -p "$OUT/$side" && cp "$BIN/gateway" "$OUT/$side/gateway"
+    echo "$side: gateway $rev = this checkout's release build"; continue
+  fi
   wt="$OUT/src-$side"
   git -C "$ROOT" worktree remove --force "$wt" 2>/dev/null
   git -C "$ROOT" worktree add -q --detach "$wt" "$rev" || exit 1

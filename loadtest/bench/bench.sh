@@ -7,6 +7,8 @@
 # SECTION: all | capacity (§1 bytes/session, §2 connect+join) | fanout (§3, RATES publishes/s) |
 #          broadcast (one broadcast to N on one node, full delivery ÷ floor) | failover (§4) |
 #          cluster (§5) | metrics (§8); `all` runs every one of them.
+# NODE_ENV="NAME=VALUE ..." is put in every gateway's environment; for `broadcast`,
+# BCAST_ENVS="default TOKIO_WORKER_THREADS=1" compares environments run by run (same floor).
 # Every measurement gets a fresh gateway (so RSS baselines are clean); every run measures the
 # floor (`loadtest floor`) next to it, and the summary gives medians of RUNS runs and the medians
 # of the same-run ratios to the floor. Raw JSON reports and logs stay in OUT.
@@ -48,14 +50,26 @@ fanout_rates() { # §3
 }
 
 broadcast() { # one broadcast to N subscribers of one node (issue 17, goal 2)
+  # BCAST_ENVS="default TOKIO_WORKER_THREADS=1": each run measures every gateway environment
+  # in turn after one floor (files TAG-bcast-i.json, TAG = the environment with = and , as -).
+  local envs=${BCAST_ENVS:-} e pre
   for i in $(seq "$RUNS"); do
     floor "bcast-$i"
-    start_node "bcast-$i" || exit 1
-    "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
-      --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
-      --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
-      --json "$OUT/bcast-$i.json" -q >"$OUT/bcast-$i.txt" || exit 1
-    stop_pid "$NODE_PID"
+    for e in ${envs:-default}; do
+      pre=""; [ -n "$envs" ] && pre="$(echo "$e" | tr '=,' '--')-"
+      [ -n "$pre" ] && cp "$OUT/floor-bcast-$i.json" "$OUT/floor-${pre}bcast-$i.json"
+      local ne=""; [ "$e" = default ] || ne=${e//,/ }
+      NODE_ENV=$ne start_node "${pre}bcast-$i" || exit 1
+      "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
+        --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
+        --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
+        --json "$OUT/${pre}bcast-$i.json" -q >"$OUT/${pre}bcast-$i.txt" || exit 1
+      stop_pid "$NODE_PID"
+    done
+  done
+  for e in $envs; do
+    echo "=== gateway environment $e"
+    python3 "$ROOT/loadtest/bench/summarize.py" "$OUT" "$(echo "$e" | tr '=,' '--')-"
   done
 }
 
