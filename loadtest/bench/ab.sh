@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two gateway commits in the same run: BENCHMARKS §1–3 (bytes/session, connect+join/s,
 # fan-out deliveries/s) measured on OLD and on NEW, interleaved run by run on the same machine
-# state, with the same load generator (this checkout's `loadtest`, which must be committed) and
+# state (odd runs OLD first, even runs NEW first), with the same load generator (this checkout's `loadtest`, which must be committed) and
 # the kernel floor of each run.
 #
 #   loadtest/bench/ab.sh OLD NEW [RUNS=3] [OUT=target/bench-ab]
@@ -46,7 +46,8 @@ done
 
 for i in $(seq "$RUNS"); do
   floor "ab-$i"
-  for side in old new; do
+  order="old new"; [ $((i % 2)) = 0 ] && order="new old"   # neither side always goes first
+  for side in $order; do
     for tag in cap fan; do cp "$OUT/floor-ab-$i.json" "$OUT/floor-$side-$tag-$i.json"; done
     GATEWAY="$OUT/$side/gateway" start_node "$side-cap-$i" || exit 1
     "$BIN/loadtest" capacity --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --rate 100000 --max-inflight 100 \

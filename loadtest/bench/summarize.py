@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarizes a bench OUT directory (the JSON reports of bench.sh, failover.sh, cluster.sh and
 ab.sh): per run, then the median of the runs and the median of the same-run ratios to the kernel
-floor (floor-TAG.json written next to each run). Only only sections whose files exist are printed.
+floor (floor-TAG.json written next to each run). Only the sections whose files exist are printed.
 
     python3 loadtest/bench/summarize.py OUT [PREFIX]
 
@@ -90,6 +90,9 @@ def fanout_block(title, name, floor_tag):
                    loss=f["loss"], dup=f["duplicates"], gw=f.get("gateway_cpu_us_per_delivery"),
                    lg=f.get("loadgen_cpu_us_per_delivery"), floor=fl, ratio=ratio(f["deliveries_per_sec"], fl),
                    full=f.get("full_delivery_secs"), expected=f["expected"])
+        # Full delivery against the floor means something for one broadcast, not for a rate.
+        if f["publishes_ok"] != 1:
+            row["full"] = None
         row["full_ratio"] = (row["full"] / (row["expected"] / fl)) if row["full"] and fl else None
         rows.append(row)
         print(f"  run {i}: {f['unique']}/{f['expected']} loss {f['loss']} dup {f['duplicates']} {row['dps']:,.0f}/s"
