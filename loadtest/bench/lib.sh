@@ -62,7 +62,7 @@ start_node() {
   NODE_PID=$!; PIDS+=("$NODE_PID")
   NODE_PORT=
   for _ in $(seq 100); do
-    NODE_PORT=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$OUT/$name.log" | head -1 | sed 's/.*://')
+    NODE_PORT=$(grep -so 'listening on http://[0-9.]*:[0-9]*' "$OUT/$name.log" | head -1 | sed 's/.*://')
     [ -n "$NODE_PORT" ] && break; sleep 0.1
   done
   for _ in $(seq 100); do
