@@ -46,9 +46,15 @@ cat "$OUT/profile.txt"
 for side in gateway loadgen; do
   echo "-- perf stat, $side over ${D} s:"; grep -E 'task-clock|context-switches|cpu-migrations' "$OUT/stat-$side.txt"
 done
-echo "-- CPU samples by command (whole machine, ${D} s):"
-perf report -i "$OUT/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
-echo "-- gateway: hottest symbols (self):"
-perf report -i "$OUT/perf.data" --no-children --comm gateway --sort sym --stdio -g none 2>/dev/null \
-  | grep -E '^ +[0-9]' | head -25
+echo "-- CPU samples by process (whole machine, ${D} s; gateway pid $GP, load generator $LG):"
+perf report -i "$OUT/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+# The gateway's threads are named tokio-rt-worker, like the load generator's coordinator's: select
+# them by process id, and split kernel from user time.
+syms() { perf report -i "$OUT/perf.data" --no-children --pid "$1" --sort sym --stdio --percentage relative -g none 2>/dev/null | grep -E '^ +[0-9]'; }
+for side in gateway loadgen; do
+  p=$GP; [ "$side" = loadgen ] && p=$LG
+  syms "$p" | awk -v s="$side" '{v=$1; sub("%","",v); if ($2=="[k]") k+=v; else u+=v} END {printf "-- %s: kernel %.1f %%, user %.1f %% of its samples\n", s, k, u}'
+done
+echo "-- gateway: hottest symbols (self, % of the gateway's samples):"
+syms "$GP" | head -25
 exit "$RC"
