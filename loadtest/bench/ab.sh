@@ -35,12 +35,15 @@ for side in old new; do
     mkdir -p "$OUT/$side" && cp "$BIN/gateway" "$OUT/$side/gateway"
     echo "$side: gateway $rev = this checkout's release build"; continue
   fi
+  if [ -x "$OUT/$side/gateway" ] && [ "$(cat "$OUT/$side/rev" 2>/dev/null)" = "$rev" ]; then
+    echo "$side: gateway $rev built earlier into $OUT/$side"; continue
+  fi
   wt="$OUT/src-$side"
   git -C "$ROOT" worktree remove --force "$wt" 2>/dev/null
   git -C "$ROOT" worktree add -q --detach "$wt" "$rev" || exit 1
   WTS+=("$wt")
   (cd "$wt" && CARGO_TARGET_DIR="$AB_TARGET" cargo build --release -q -p gateway) || exit 1
-  mkdir -p "$OUT/$side" && cp "$AB_TARGET/release/gateway" "$OUT/$side/gateway"
+  mkdir -p "$OUT/$side" && cp "$AB_TARGET/release/gateway" "$OUT/$side/gateway" && echo "$rev" >"$OUT/$side/rev"
   echo "$side: gateway $rev built $(date -ur "$OUT/$side/gateway" +%FT%TZ)"
 done
 
