@@ -52,9 +52,9 @@ trap 'exit 130' INT TERM
 # --- system limits ---------------------------------------------------------------------------
 # Raised only; the originals are recorded in OUT/sysctl.txt.
 #   fs.file-max          2 sockets per session (client + server) → > 2M open files machine-wide
-#   net.netfilter.nf_conntrack_max   conntrack tracks loopback once netfilter's conntrack is loaded (here
-#                        since a Docker engine runs: 146,991 entries on 2026-12-05): one entry per
-#                        connection, and a full table drops new connections
+#   net.netfilter.nf_conntrack_max   conntrack tracks loopback once netfilter's conntrack is loaded (it
+#                        is on this machine since 2026-12: 146,991 entries after a 15,000-session
+#                        run): one entry per connection, and a full table drops new connections
 #   net.ipv4.tcp_mem     pages; the broadcast queues ~1M small frames at once in socket buffers
 #   net.core.netdev_max_backlog      loopback packets queue per CPU; 1000 drops bursts
 #   net.ipv4.tcp_max_syn_backlog     SYN queue per listener during the ramp
