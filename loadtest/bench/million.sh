@@ -175,9 +175,10 @@ print(f"one broadcast: full delivery {fd if fd is None else f'{fd:.3f} s'}; per-
       f"{L['p50_us']/1000:.0f} ms p99 {L['p99_us']/1000:.0f} ms max {L['max_us']/1000:.0f} ms; "
       f"publish round trip {f['publish_latency']['max_us']/1000:.1f} ms")
 us = lambda v: "n/a" if v is None else f"{v:.2f} us"
+secs = lambda v: "n/a" if v is None else f"{v:.2f} s"
 print(f"CPU per delivery: gateways {us(f.get('gateway_cpu_us_per_delivery'))}, load generator "
       f"{us(f.get('loadgen_cpu_us_per_delivery'))} (first publish -> end of drain: gateways "
-      f"{f.get('gateway_cpu_secs')} s, load generator {f.get('loadgen_cpu_secs')} s)")
+      f"{secs(f.get('gateway_cpu_secs'))}, load generator {secs(f.get('loadgen_cpu_secs'))})")
 fl, fs, ratio = f.get("floor_writes_per_sec"), f.get("floor_secs"), f.get("full_delivery_to_floor")
 if fl and fs:
     print(f"kernel floor of this run {fl:,.0f} writes/s: {f['expected']:,} writes take {fs:.2f} s; "
