@@ -47,7 +47,7 @@ for side in gateway loadgen; do
   echo "-- perf stat, $side over ${D} s:"; grep -E 'task-clock|context-switches|cpu-migrations' "$OUT/stat-$side.txt"
 done
 echo "-- CPU samples by process (whole machine, ${D} s; gateway pid $GP, load generator $LG):"
-perf report -i "$OUT/perf.data" --no-children --sort pid --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+perf report -i "$OUT/perf.data" --no-children --sort pid --stdio -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | head -12
 # The gateway's threads are named tokio-rt-worker, like the load generator's coordinator's: select
 # them by process id, and split kernel from user time.
 syms() { perf report -i "$OUT/perf.data" --no-children --pid "$1" --sort sym --stdio --percentage relative -g none 2>/dev/null | grep -E '^ +[0-9]'; }
