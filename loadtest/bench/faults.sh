@@ -12,8 +12,8 @@
 # Needs root (ip netns) and redis-server; run alone: it measures timings on 2 cores.
 # usage: faults.sh [OUTDIR] [STORM_SESSIONS] [RUNS]
 set -u
-OUT=${1:-/tmp/bench-faults}; STORM=${2:-15000}; RUNS=${3:-3}
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+. "$(dirname "$0")/lib.sh"
+OUT=${1:-$ROOT/target/bench-faults}; STORM=${2:-15000}; RUNS=${3:-3}
 mkdir -p "$OUT"; cd "$ROOT" || exit 1
 ulimit -n 20000   # each storm client is a socket in the test process; nodes raise their own
 FAILED=0
@@ -31,7 +31,9 @@ run() { # run NAME [ENV=VALUE ...] -- cargo test filter args
 }
 
 : >"$OUT/summary.txt"
-echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway pubsub-redis || echo ' (+ uncommitted changes)'); $(date -u +%FT%TZ); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
+bench_header "faults.sh $STORM x$RUNS" >>"$OUT/summary.txt" || exit 1
+floor faults >>"$OUT/summary.txt" || exit 1
+cat "$OUT/summary.txt"
 cargo test -q --release -p gateway --test faults --no-run 2>&1 | tail -1
 
 # 1. Every fault, longer and with more clients (the storm has its own runs below).

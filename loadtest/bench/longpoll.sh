@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # §6: LongPoll. usage: longpoll.sh OUTDIR IDLE_SESSIONS RUNS
 set -u
-OUT=${1:-/tmp/bench-lp}; N=${2:-5000}; RUNS=${3:-3}
-mkdir -p "$OUT"; . "$(dirname "$0")/lib.sh"; trap stop_all EXIT
+. "$(dirname "$0")/lib.sh"
+OUT=${1:-$ROOT/target/bench-lp}; N=${2:-5000}; RUNS=${3:-3}
+mkdir -p "$OUT"; trap stop_all EXIT
 ulimit -n 20000
-export NODE_PATH=/work/main/gateway/tests/js/node_modules
+bench_header "longpoll.sh $N x$RUNS"
+floor "longpoll"
+export NODE_PATH="$ROOT/gateway/tests/js/node_modules"
 LP="$(dirname "$0")/lp.js"
 for i in $(seq "$RUNS"); do   # memory per idle session, fresh node per run
   start_node lp-idle-$i || exit 1

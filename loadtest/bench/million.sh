@@ -2,7 +2,7 @@
 # §9: one million joined WebSocket sessions held at once on this one machine, then one broadcast
 # reaching all of them.
 #
-#   loadtest/bench/million.sh [SESSIONS=1000000] [OUT=/tmp/bench-million]
+#   loadtest/bench/million.sh [SESSIONS=1000000] [OUT=target/bench-million]
 #
 # Starts a private redis-server and ceil(SESSIONS / PER_NODE) gateway nodes clustered through it
 # (each its own process and port: a process may hold < 20,000 fds here), then one `loadtest
@@ -12,11 +12,16 @@
 # time until the last session received it, and how many did not. A sampler logs load, memory and
 # socket counts every 5 s to OUT/samples.tsv and stops the run (by PID) if MemAvailable falls
 # under MIN_AVAIL_MB, so the machine's other users are never pushed into the OOM killer.
-# Every process started here is stopped by PID on exit.
+# Every process started here is stopped by PID on exit. Before the nodes start it measures the
+# kernel floor (`loadtest floor`, 15,000 connections); the report gives the full delivery as a
+# ratio to SESSIONS ÷ floor writes/s, and the CPU per delivery of the gateways and of the load
+# generator separately (/proc/<pid>/stat, first publish → end of the drain). Refuses a checkout
+# with uncommitted changes (figures must come from a committed build).
 set -u
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT" || exit 1
 N=${1:-1000000}
-OUT=${2:-/tmp/bench-million}
+OUT=${2:-$ROOT/target/bench-million}
 PER_NODE=${PER_NODE:-19000}      # sessions per gateway node (fd cap 20,000 per process)
 PER_WORKER=${PER_WORKER:-19000}  # sessions per loadtest worker process (same cap)
 SOURCES=${SOURCES:-100}          # source addresses 127.0.0.2..(SOURCES+1)
@@ -28,7 +33,7 @@ HOLD=${HOLD:-30}                 # hold before the memory reading and the broadc
 MIN_AVAIL_MB=${MIN_AVAIL_MB:-1500}
 BUILD=${BUILD:-1}
 mkdir -p "$OUT"
-. loadtest/bench/lib.sh
+require_clean
 LT_PID=
 SAMPLER_PID=
 cleanup() {
@@ -47,7 +52,9 @@ trap 'exit 130' INT TERM
 # --- system limits ---------------------------------------------------------------------------
 # Raised only; the originals are recorded in OUT/sysctl.txt.
 #   fs.file-max          2 sockets per session (client + server) → > 2M open files machine-wide
-#   net.netfilter.nf_conntrack_max   in case conntrack tracks loopback (it does not here: count 0)
+#   net.netfilter.nf_conntrack_max   conntrack tracks loopback once netfilter's conntrack is loaded (it
+#                        is on this machine since 2026-12: 146,991 entries after a 15,000-session
+#                        run): one entry per connection, and a full table drops new connections
 #   net.ipv4.tcp_mem     pages; the broadcast queues ~1M small frames at once in socket buffers
 #   net.core.netdev_max_backlog      loopback packets queue per CPU; 1000 drops bursts
 #   net.ipv4.tcp_max_syn_backlog     SYN queue per listener during the ramp
@@ -85,15 +92,16 @@ read -r m0 m1 m2 < <(sysctl -n net.ipv4.tcp_mem)
 } >>"$OUT/sysctl.txt"
 ulimit -n 20000 || exit 1
 
-if [ "$BUILD" = 1 ]; then
-  cargo build --release -p gateway -p loadtest || exit 1
-fi
-
 NODES=$(( (N + PER_NODE - 1) / PER_NODE ))
 WORKERS=$(( (N + PER_WORKER - 1) / PER_WORKER ))
-echo "$(date -u +%FT%TZ) sessions $N nodes $NODES workers $WORKERS sources $SOURCES; $(uptime)" | tee "$OUT/run.txt"
-echo "checkout $(git log -1 --format=%h) (gateway/: $(git status --porcelain gateway | wc -l) uncommitted files, loadtest/: $(git status --porcelain loadtest | wc -l)); binaries $BIN/gateway $(date -ur "$BIN/gateway" +%T) $BIN/loadtest $(date -ur "$BIN/loadtest" +%T)" | tee -a "$OUT/run.txt"
+bench_header "million.sh $N sessions" >"$OUT/run.txt" || exit 1
+cat "$OUT/run.txt"
+echo "$(date -u +%FT%TZ) sessions $N nodes $NODES workers $WORKERS sources $SOURCES; $(uptime)" | tee -a "$OUT/run.txt"
+echo "binaries $BIN/gateway $(date -ur "$BIN/gateway" +%T) $BIN/loadtest $(date -ur "$BIN/loadtest" +%T)" | tee -a "$OUT/run.txt"
 grep -E 'MemAvailable|^Slab' /proc/meminfo | tee -a "$OUT/run.txt"
+floor million >"$OUT/floor.txt" || exit 1
+tee -a "$OUT/run.txt" <"$OUT/floor.txt"
+FLOOR=$(python3 -c 'import json,sys;print(round(json.load(open(sys.argv[1]))["writes_per_sec"]))' "$OUT/floor-million.json")
 
 start_redis || exit 1
 R="redis://127.0.0.1:$REDIS_PORT"
@@ -139,6 +147,7 @@ T0=$(date +%s.%N)
   -n "$N" --topics 1 --topic-prefix room:m --per-worker "$PER_WORKER" --sources "$SOURCES" \
   --rate "$RATE" --max-inflight "$INFLIGHT" --heartbeat-secs "$HB" --join-timeout-ms 30000 \
   --hold-secs "$HOLD" "${SERVER_PIDS[@]}" --publish-rate 1 --duration-secs 1 --drain-secs 60 \
+  --floor-writes-per-sec "$FLOOR" \
   --max-secs 3600 --json "$OUT/million.json" --svg "$OUT/million.svg" \
   >"$OUT/million.txt" 2>"$OUT/million.err" &
 LT_PID=$!
@@ -165,6 +174,15 @@ L = f["latency"]
 print(f"one broadcast: full delivery {fd if fd is None else f'{fd:.3f} s'}; per-session latency p50 "
       f"{L['p50_us']/1000:.0f} ms p99 {L['p99_us']/1000:.0f} ms max {L['max_us']/1000:.0f} ms; "
       f"publish round trip {f['publish_latency']['max_us']/1000:.1f} ms")
+us = lambda v: "n/a" if v is None else f"{v:.2f} us"
+secs = lambda v: "n/a" if v is None else f"{v:.2f} s"
+print(f"CPU per delivery: gateways {us(f.get('gateway_cpu_us_per_delivery'))}, load generator "
+      f"{us(f.get('loadgen_cpu_us_per_delivery'))} (first publish -> end of drain: gateways "
+      f"{secs(f.get('gateway_cpu_secs'))}, load generator {secs(f.get('loadgen_cpu_secs'))})")
+fl, fs, ratio = f.get("floor_writes_per_sec"), f.get("floor_secs"), f.get("full_delivery_to_floor")
+if fl and fs:
+    print(f"kernel floor of this run {fl:,.0f} writes/s: {f['expected']:,} writes take {fs:.2f} s; "
+          f"full delivery = {'n/a' if ratio is None else f'{ratio:.2f}x'} that")
 s = m.get("sessions") or 0
 print(f"memory with {s:,} sessions: gateways {mib(m.get('server_rss_baseline'))} -> {mib(m.get('server_rss_loaded'))} "
       f"({m.get('server_bytes_per_session') or 0:,.0f} B/session), load generator {mib(m.get('loadgen_rss'))} "

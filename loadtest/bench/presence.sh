@@ -2,10 +2,13 @@
 # §7: Presence. usage: presence.sh OUTDIR MEMBERS RUNS
 # fresh node per run; demo channel (presence on, keyed by `user`) vs a config without presence.
 set -u
-OUT=${1:-/tmp/bench-pres}; N=${2:-10000}; RUNS=${3:-3}
-mkdir -p "$OUT"; . "$(dirname "$0")/lib.sh"; trap stop_all EXIT
+. "$(dirname "$0")/lib.sh"
+OUT=${1:-$ROOT/target/bench-pres}; N=${2:-10000}; RUNS=${3:-3}
+mkdir -p "$OUT"; trap stop_all EXIT
 ulimit -n 20000
-export NODE_PATH=/work/main/gateway/tests/js/node_modules
+bench_header "presence.sh $N x$RUNS"
+floor "presence"
+export NODE_PATH="$ROOT/gateway/tests/js/node_modules"
 PJ="$(dirname "$0")/presence.js"
 printf '[[channels]]\npattern = "room:*"\nbroadcast = ["new_msg"]\n' >"$OUT/no-presence.toml"
 for i in $(seq "$RUNS"); do

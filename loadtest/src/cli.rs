@@ -1,5 +1,6 @@
-//! Command-line interface: the scenarios (`capacity`, `fanout`, `churn`), the `merge` tool and
-//! the hidden `worker` subcommand the coordinator spawns. Every flag has a bounded default.
+//! Command-line interface: the scenarios (`capacity`, `fanout`, `churn`, `failover`), the
+//! `merge` tool, the kernel `floor`, and the hidden `worker` and `floor-reader` subcommands the
+//! coordinator spawns. Every flag has a bounded default.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,9 +30,50 @@ pub enum Cmd {
     Failover(FailoverArgs),
     /// Merge the JSON reports of `--shard` runs into one report.
     Merge(MergeArgs),
+    /// The kernel floor: one writer writes a small message to each of N loopback connections
+    /// in turn (one write each), one reader drains them; writes/s and CPU µs per write. No
+    /// gateway involved: the bound any one-frame broadcast on this machine is measured against.
+    Floor(FloorArgs),
     /// Internal: one worker process (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
+    /// Internal: the reading side of `floor`.
+    #[command(hide = true)]
+    FloorReader(FloorReaderArgs),
+}
+
+/// `floor` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    /// Loopback connections written to in turn.
+    #[arg(long, short = 'n', default_value_t = 15_000)]
+    pub sockets: usize,
+    /// Seconds of writing.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Bytes per write (a small broadcast frame).
+    #[arg(long, default_value_t = 100)]
+    pub bytes: usize,
+    /// Loopback source addresses the reader's connections are spread over (127.0.0.2 ..).
+    #[arg(long, default_value_t = 8)]
+    pub sources: u32,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `floor-reader` flags (set by `floor`).
+#[derive(Debug, Clone, Args)]
+pub struct FloorReaderArgs {
+    /// The writer's listening address.
+    #[arg(long)]
+    pub connect: std::net::SocketAddr,
+    /// Connections to open.
+    #[arg(long, short = 'n')]
+    pub sockets: usize,
+    /// Source addresses to spread them over.
+    #[arg(long)]
+    pub sources: u32,
 }
 
 /// Flags shared by every scenario.
@@ -143,9 +185,14 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 0)]
     pub hold_secs: u64,
     /// Gateway pid(s) whose /proc/<pid>/status VmRSS to read before the ramp and before the
-    /// first publish (repeatable).
+    /// first publish, and whose CPU (/proc/<pid>/stat) is counted from the first publish to the
+    /// end of the drain (repeatable).
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
+    /// The kernel floor of this run (`loadtest floor`, writes/s): the report then gives the
+    /// full-delivery time as a ratio to expected deliveries ÷ this.
+    #[arg(long, value_name = "WRITES_PER_SEC")]
+    pub floor_writes_per_sec: Option<f64>,
 }
 
 /// `churn` flags.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod fleet;
+mod floor;
 mod http;
 mod merge;
 mod metrics;
@@ -33,6 +34,20 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The floor is plain threads and blocking sockets: no coordinator runtime under it.
+    match &cli.cmd {
+        Cmd::Floor(a) => return floor_main(a),
+        Cmd::FloorReader(a) => {
+            return match floor::reader(a.connect, a.sockets, a.sources) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("floor-reader: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     if let Cmd::Worker = cli.cmd {
         // One core per worker: the coordinator runs several, and a current-thread runtime keeps
         // the per-session cost to the task itself.
@@ -100,9 +115,30 @@ async fn coordinate(cmd: Cmd) -> Result<bool, RunError> {
             };
             (merge::merge_files(&a.reports)?, out)
         }
-        Cmd::Worker => unreachable!("handled in main"),
+        Cmd::Worker | Cmd::Floor(_) | Cmd::FloorReader(_) => unreachable!("handled in main"),
     };
     finish(report, &out)
+}
+
+/// `loadtest floor`: measures, prints one line, writes `--json`.
+fn floor_main(a: &cli::FloorArgs) -> ExitCode {
+    let run = || -> Result<floor::Floor, floor::FloorError> {
+        let f = floor::measure(a.sockets, a.secs, a.bytes, a.sources)?;
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&f)?)?;
+        }
+        Ok(f)
+    };
+    match run() {
+        Ok(f) => {
+            println!("{}", f.line());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadtest floor: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Where results go and which gates apply.

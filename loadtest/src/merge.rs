@@ -85,6 +85,13 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
             a.last_delivery_us = a.last_delivery_us.max(b.last_delivery_us);
             a.subscribers_at_publish += b.subscribers_at_publish;
             a.subscribers_after += b.subscribers_after;
+            // Each shard is its own generator; shards may read the same gateways.
+            a.loadgen_cpu_secs = sum_opt(a.loadgen_cpu_secs, b.loadgen_cpu_secs);
+            a.gateway_cpu_secs = match (a.gateway_cpu_secs, b.gateway_cpu_secs) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+            a.floor_writes_per_sec = a.floor_writes_per_sec.or(b.floor_writes_per_sec);
         }
         m.memory = match (m.memory.take(), &r.memory) {
             (Some(a), Some(b)) => Some(add_memory(a, b)),
@@ -114,6 +121,11 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
     }
     m.histograms = Hists::encode(&hists);
     Ok(m)
+}
+
+/// x + y when both are known.
+fn sum_opt(x: Option<f64>, y: Option<f64>) -> Option<f64> {
+    Some(x? + y?)
 }
 
 #[cfg(test)]

@@ -157,6 +157,29 @@ pub struct Fanout {
     /// for a single publish, the time for one broadcast to reach every subscriber.
     #[serde(default)]
     pub full_delivery_secs: Option<f64>,
+    /// CPU seconds (user + system, `/proc/<pid>/stat`) of the `--server-pid`s from the first
+    /// publish to the end of the drain.
+    #[serde(default)]
+    pub gateway_cpu_secs: Option<f64>,
+    /// CPU seconds of the load generator (coordinator + workers) over the same window.
+    #[serde(default)]
+    pub loadgen_cpu_secs: Option<f64>,
+    /// gateway_cpu_secs / distinct deliveries, µs.
+    #[serde(default)]
+    pub gateway_cpu_us_per_delivery: Option<f64>,
+    /// loadgen_cpu_secs / distinct deliveries, µs: what receiving costs the generator, which
+    /// shares the cores with the gateway.
+    #[serde(default)]
+    pub loadgen_cpu_us_per_delivery: Option<f64>,
+    /// `--floor-writes-per-sec`: the kernel floor (`loadtest floor`) of the same run.
+    #[serde(default)]
+    pub floor_writes_per_sec: Option<f64>,
+    /// expected ÷ floor: the least time these deliveries take as one write each, seconds.
+    #[serde(default)]
+    pub floor_secs: Option<f64>,
+    /// full_delivery_secs ÷ floor_secs (1.0 = as fast as bare loopback writes).
+    #[serde(default)]
+    pub full_delivery_to_floor: Option<f64>,
 }
 
 impl Fanout {
@@ -176,6 +199,20 @@ impl Fanout {
         };
         self.full_delivery_secs =
             (self.expected > 0 && self.loss == 0 && self.last_delivery_us > 0).then_some(window);
+        let per = |cpu: Option<f64>| {
+            cpu.filter(|_| self.unique > 0)
+                .map(|c| c * 1e6 / self.unique as f64)
+        };
+        self.gateway_cpu_us_per_delivery = per(self.gateway_cpu_secs);
+        self.loadgen_cpu_us_per_delivery = per(self.loadgen_cpu_secs);
+        self.floor_secs = self
+            .floor_writes_per_sec
+            .filter(|f| *f > 0.0 && self.expected > 0)
+            .map(|f| self.expected as f64 / f);
+        self.full_delivery_to_floor = match (self.full_delivery_secs, self.floor_secs) {
+            (Some(full), Some(floor)) => Some(full / floor),
+            _ => None,
+        };
     }
 }
 

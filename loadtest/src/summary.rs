@@ -94,6 +94,27 @@ impl Report {
                         format!("{v:.3} s from first publish to last delivery")
                     }),
             );
+            let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2} us/delivery"));
+            row(
+                "CPU per delivery",
+                format!(
+                    "gateway {}, load generator {}",
+                    us(f.gateway_cpu_us_per_delivery),
+                    us(f.loadgen_cpu_us_per_delivery)
+                ),
+            );
+            if let (Some(w), Some(fs)) = (f.floor_writes_per_sec, f.floor_secs) {
+                let ratio = f
+                    .full_delivery_to_floor
+                    .map_or("n/a".into(), |r| format!("{r:.2}x"));
+                row(
+                    "kernel floor",
+                    format!(
+                        "{w:.0} writes/s: {} writes take {fs:.3} s; full delivery = {ratio} that",
+                        f.expected
+                    ),
+                );
+            }
             row(
                 "subscribers held",
                 format!(

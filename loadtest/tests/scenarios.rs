@@ -174,6 +174,10 @@ async fn fanout_delivers_every_publish_to_every_subscriber() {
     assert_eq!(u(&f["loss"]), 0);
     assert_eq!(u(&f["latency"]["count"]), 2000);
     assert!(f["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+    // No --server-pid, no floor: those figures are absent, not zero.
+    assert!(f["gateway_cpu_secs"].is_null());
+    assert!(f["full_delivery_to_floor"].is_null());
+    assert!(f["loadgen_cpu_secs"].as_f64().unwrap() >= 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +207,8 @@ async fn one_broadcast_after_a_hold_reaches_everyone_and_memory_is_read() {
         "loss>0",
         "--fail-if",
         "full_delivery>30s",
+        "--floor-writes-per-sec",
+        "100000",
     ]))
     .await;
     assert_eq!(code, 0, "gates passed: {}", r["slo"]);
@@ -218,6 +224,20 @@ async fn one_broadcast_after_a_hold_reaches_everyone_and_memory_is_read() {
         full > 0.0 && (full - window).abs() < 1e-9,
         "{full} vs {window}"
     );
+    // The floor ratio is the full delivery over 240 writes at 100,000 writes/s.
+    let floor_secs = f["floor_secs"].as_f64().expect("floor given");
+    assert!((floor_secs - 240.0 / 100_000.0).abs() < 1e-12);
+    let ratio = f["full_delivery_to_floor"].as_f64().expect("ratio");
+    assert!((ratio - full / floor_secs).abs() < 1e-9, "{ratio}");
+    // CPU of both sides over the broadcast (10 ms ticks: may round to 0 for 240 frames), per
+    // distinct delivery. The gateway is this test process; the load generator is the loadtest
+    // coordinator and its 3 workers.
+    let gw = f["gateway_cpu_secs"].as_f64().expect("gateway cpu read");
+    let lg = f["loadgen_cpu_secs"].as_f64().expect("generator cpu read");
+    assert!(gw >= 0.0 && lg >= 0.0, "gateway {gw} s, generator {lg} s");
+    let per = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k}"));
+    assert!((per("gateway_cpu_us_per_delivery") - gw * 1e6 / 240.0).abs() < 1e-6);
+    assert!((per("loadgen_cpu_us_per_delivery") - lg * 1e6 / 240.0).abs() < 1e-6);
     // The broadcast waited for the hold: it left at least 3 s after the run started.
     let started_us = u(&r["started_unix"]) * 1_000_000;
     assert!(u(&f["first_publish_us"]) >= started_us + 3_000_000);

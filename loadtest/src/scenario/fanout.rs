@@ -9,11 +9,16 @@
 //! both sides is read at its end (servers by `--server-pid` VmRSS, the load generator as the
 //! VmRSS of the coordinator and its workers). A single publish (`--publish-rate 1
 //! --duration-secs 1`) then measures one broadcast's time to reach every subscriber.
+//!
+//! CPU is read for both sides from the first publish to the end of the drain, so the report
+//! separates what the gateways spent per delivery from what the load generator (sharing the
+//! cores) spent receiving; with `--floor-writes-per-sec` the full-delivery time is also given
+//! as a ratio to the kernel floor of the same run.
 
 use super::{base_report, launch_and_ramp, Clock, RunError, STOP_LIMIT};
 use crate::cli::FanoutArgs;
 use crate::fleet::Fleet;
-use crate::metrics::{proc_rss, proc_rss_sum};
+use crate::metrics::{proc_cpu_sum, proc_rss, proc_rss_sum};
 use crate::plan;
 use crate::protocol::Mode;
 use crate::publisher::{self, PublishPlan};
@@ -89,6 +94,14 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         api_key: a.api_key.clone(),
         limit: Duration::from_secs(c.max_secs),
     };
+    // CPU of each side from the first publish to the end of the drain: the gateways by their
+    // pids, the load generator as this process and its workers.
+    let loadgen_pids: Vec<u32> = fleet
+        .pids()
+        .into_iter()
+        .chain([std::process::id()])
+        .collect();
+    let cpu0 = (proc_cpu_sum(&a.server_pids), proc_cpu_sum(&loadgen_pids));
     let publishing = tokio::spawn(publisher::run(pub_plan));
     fleet.note = format!("publishing {count} probes");
     fleet
@@ -103,6 +116,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
     let expected = dot(&outcome.ok_by_topic, &joined_by_topic);
     fleet.note = format!("draining (expect {expected})");
     drain(&mut fleet, expected, Duration::from_secs(a.drain_secs)).await?;
+    let cpu1 = (proc_cpu_sum(&a.server_pids), proc_cpu_sum(&loadgen_pids));
     let after = fleet.totals().active;
     fleet.note = "closing sessions".into();
     let finals = fleet.stop(STOP_LIMIT).await?;
@@ -113,6 +127,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         "publishers": a.publishers, "payload_bytes": a.payload_bytes, "rate": c.rate,
         "publish_urls": a.publish_urls, "hold_secs": a.hold_secs, "server_pids": a.server_pids,
         "heartbeat_secs": c.heartbeat_secs, "sources": c.sources, "max_inflight": c.max_inflight,
+        "floor_writes_per_sec": a.floor_writes_per_sec,
     });
     let (mut report, hists) = base_report("fanout", c, params, &finals, clock)?;
     report.errors.publish += outcome.errors;
@@ -141,12 +156,20 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         latency: Latency::of(&hists[1]),
         subscribers_at_publish: at_publish,
         subscribers_after: after,
+        gateway_cpu_secs: cpu_delta(cpu0.0, cpu1.0).filter(|_| !a.server_pids.is_empty()),
+        loadgen_cpu_secs: cpu_delta(cpu0.1, cpu1.1),
+        floor_writes_per_sec: a.floor_writes_per_sec,
         ..Default::default()
     };
     fanout.derive();
     report.fanout = Some(fanout);
     report.memory = memory;
     Ok(report)
+}
+
+/// after − before, when both readings exist.
+fn cpu_delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
 }
 
 /// Waits until `expected` distinct deliveries arrived, or nothing new arrived for `quiet`.

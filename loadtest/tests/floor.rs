@@ -1,0 +1,58 @@
+//! `loadtest floor`, the kernel-floor tool the benchmarks divide by: run for real (one writer,
+//! one reader process, real loopback sockets), and its JSON checked against what the reader
+//! actually received.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn floor_writes_to_every_socket_in_turn_and_the_reader_gets_every_byte() {
+    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("floor-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "floor",
+            "-n",
+            "300",
+            "--secs",
+            "0.5",
+            "--bytes",
+            "64",
+            "--sources",
+            "3",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k}: {}", f[k]));
+    assert_eq!(num("sockets"), 300.0);
+    assert_eq!(num("bytes_per_write"), 64.0);
+    // Whole rounds over every socket, each write complete.
+    let (writes, rounds) = (num("writes"), num("rounds"));
+    assert!(rounds >= 1.0);
+    assert_eq!(writes, rounds * 300.0);
+    // The reader (another process) read every byte before the writer reported.
+    assert_eq!(num("reader_bytes"), writes * 64.0);
+    let secs = num("secs");
+    assert!(secs >= 0.5, "wrote for {secs} s");
+    assert!((num("writes_per_sec") - writes / secs).abs() < 1e-6 * writes);
+    // A busy write loop spends CPU, and the per-write figure is that CPU over the writes.
+    let cpu = num("writer_cpu_secs");
+    assert!(cpu > 0.0, "writer cpu {cpu}");
+    assert!((num("writer_us_per_write") - cpu * 1e6 / writes).abs() < 1e-6);
+    assert!(num("reader_cpu_secs") >= 0.0);
+    assert!(
+        stdout.starts_with("floor: 300 sockets, "),
+        "one summary line: {stdout}"
+    );
+}
