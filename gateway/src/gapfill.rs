@@ -51,7 +51,8 @@ impl GapFiller {
                     // Whatever the old epoch had after the last delivered position is gone.
                     self.core.metrics.history_gaps_unfillable.inc();
                 }
-                self.fill(&msg.topic, &after).await;
+                // Only what precedes `msg`: what follows it arrives live.
+                self.fill(&msg.topic, &after, Some(&position)).await;
                 if self.sequencer.delivered(&msg.topic, &position) {
                     self.core.hub.fanout(&msg, msg.except);
                 } else {
@@ -67,7 +68,7 @@ impl GapFiller {
     pub async fn resubscribed(&mut self) {
         self.prune();
         for (topic, last) in self.sequencer.tracked() {
-            self.fill(&topic, &last).await;
+            self.fill(&topic, &last, None).await;
         }
     }
 
@@ -77,8 +78,9 @@ impl GapFiller {
         self.sequencer.retain(|t| hub.subscribers(t) > 0);
     }
 
-    /// Read the broadcasts after `after` and fan out, in order, those not delivered yet.
-    async fn fill(&mut self, topic: &str, after: &Position) {
+    /// Read the broadcasts after `after` (and before `before`, if given) and fan out, in
+    /// order, those not delivered yet.
+    async fn fill(&mut self, topic: &str, after: &Position, before: Option<&Position>) {
         let metrics = &self.core.metrics;
         // The topic's limits come from its channel (only the ttl matters to a read).
         let limits = self
@@ -105,6 +107,9 @@ impl GapFiller {
                     let Some(pos) = msg.position.as_deref().and_then(Position::parse) else {
                         continue;
                     };
+                    if before.is_some_and(|b| b.epoch == pos.epoch && pos.offset >= b.offset) {
+                        break;
+                    }
                     if self.sequencer.delivered(topic, &pos) {
                         self.core.hub.fanout(&msg, None);
                         metrics.history_gaps_filled.inc();
