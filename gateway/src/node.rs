@@ -243,7 +243,9 @@ async fn deliver(
     core: Arc<Core>,
     longpoll: Arc<LongPoll>,
 ) {
-    let mut filler = GapFiller::new(core.clone());
+    // Positions are cluster-wide only in Redis: in-memory histories (one node; several in one
+    // process for tests) have an epoch per node, and nothing to fill from each other.
+    let mut filler = readiness.is_some().then(|| GapFiller::new(core.clone()));
     let mut was_ready = readiness.as_ref().is_some_and(|r| r.borrow().ready);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {
@@ -258,8 +260,9 @@ async fn deliver(
                 let Some(msg) = msg else { return };
                 match msg {
                     ClusterMessage::Broadcast(b) => {
-                        match b.position.as_deref().and_then(Position::parse) {
-                            Some(position) => filler.broadcast(b, position).await,
+                        let positioned = filler.as_mut().zip(b.position.as_deref());
+                        match positioned.and_then(|(f, p)| Some((f, Position::parse(p)?))) {
+                            Some((filler, position)) => filler.broadcast(b, position).await,
                             // `except` is only ever set on the echo of this node's own history
                             // broadcast.
                             None => {
@@ -277,12 +280,16 @@ async fn deliver(
                     continue;
                 }
                 let ready = readiness.as_ref().is_some_and(|r| r.borrow().ready);
-                if ready && !was_ready {
+                if let Some(filler) = filler.as_mut().filter(|_| ready && !was_ready) {
                     filler.resubscribed().await;
                 }
                 was_ready = ready;
             }
-            _ = prune.tick() => filler.prune(),
+            _ = prune.tick() => {
+                if let Some(filler) = filler.as_mut() {
+                    filler.prune();
+                }
+            }
         }
     }
 }
