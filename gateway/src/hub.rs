@@ -20,7 +20,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cluster::{Broadcast, ClusterMessage};
-use crate::history::{HistoryError, Limits, SharedHistory, Stored};
+use crate::history::{HistoryError, Limits, Position, SharedHistory, Stored};
 use crate::metrics::Metrics;
 use crate::outbox::{OutItem, OutboxLimits, Pushed};
 use crate::protocol::{Close, CloseCode, Outgoing, Wire};
@@ -52,6 +52,25 @@ pub enum SubKind {
         /// Broadcasts that arrived since the subscription.
         aside: Arc<Mutex<Vec<Arc<Broadcast>>>>,
     },
+    /// A settled channel of a history topic whose join was told `latest`: like `Channel`, but
+    /// a broadcast at or before `latest` (replayed, or filled late by this node) is skipped.
+    Replayed {
+        /// Wire format of the session.
+        wire: Wire,
+        /// Events the channel runs `handle_out` for.
+        intercepts: Option<Arc<[String]>>,
+        /// The position the join reply told; nothing at or before it is delivered again.
+        latest: Position,
+    },
+}
+
+/// Whether a broadcast's position is of `latest`'s epoch and at or before it (no allocation:
+/// it runs in the fan-out of history topics).
+fn at_or_before(position: Option<&str>, latest: &Position) -> bool {
+    let Some((epoch, offset)) = position.and_then(|p| p.rsplit_once('-')) else {
+        return false;
+    };
+    epoch == &*latest.epoch && offset.parse::<u64>().is_ok_and(|o| o <= latest.offset)
 }
 
 #[derive(Clone, Debug)]
@@ -212,12 +231,14 @@ impl Hub {
 
     /// End a `Recovering` subscription: under the topic's lock, `settle` gets the broadcasts
     /// set aside meanwhile and queues what the session must get first (join reply, replay,
-    /// the set-aside broadcasts it wants); the subscription then receives like any other.
+    /// the set-aside broadcasts it wants); the subscription then receives like any other,
+    /// except broadcasts at or before `latest` (the position the join reply told).
     /// Returns the shared topic string.
     pub fn settle(
         &self,
         topic: &str,
         session_key: u64,
+        latest: Option<Position>,
         settle: impl FnOnce(&Arc<str>, Vec<Arc<Broadcast>>),
     ) -> Option<Arc<str>> {
         let mut shard = self.shard(topic).write().unwrap_or_else(|e| e.into_inner());
@@ -237,7 +258,14 @@ impl Hub {
             } => (*wire, intercepts.clone(), aside.clone()),
             _ => return None,
         };
-        sub.kind = SubKind::Channel { wire, intercepts };
+        sub.kind = match latest {
+            Some(latest) => SubKind::Replayed {
+                wire,
+                intercepts,
+                latest,
+            },
+            None => SubKind::Channel { wire, intercepts },
+        };
         let aside = std::mem::take(&mut *aside.lock().unwrap_or_else(|e| e.into_inner()));
         settle(&key, aside);
         Some(key)
@@ -383,17 +411,28 @@ impl Hub {
                         .push(msg.clone());
                     continue;
                 }
+                SubKind::Replayed { latest, .. }
+                    if at_or_before(msg.position.as_deref(), latest) =>
+                {
+                    continue;
+                }
                 SubKind::Channel {
                     intercepts: Some(ev),
                     ..
+                }
+                | SubKind::Replayed {
+                    intercepts: Some(ev),
+                    ..
                 } if ev.iter().any(|e| *e == msg.event) => OutItem::Intercept(msg.clone()),
-                SubKind::Channel { wire, .. } => match cache.get(*wire, msg) {
-                    Some(frame) => OutItem::Frame(frame),
-                    None => {
-                        self.metrics.unencodable.inc();
-                        continue;
+                SubKind::Channel { wire, .. } | SubKind::Replayed { wire, .. } => {
+                    match cache.get(*wire, msg) {
+                        Some(frame) => OutItem::Frame(frame),
+                        None => {
+                            self.metrics.unencodable.inc();
+                            continue;
+                        }
                     }
-                },
+                }
             };
             match sub.session.outbox.push(item, self.limits) {
                 Pushed::Queued => delivered += 1,
@@ -421,5 +460,21 @@ pub struct Hold<'a> {
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         self.hub.remove(self.topic, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replayed_subscription_skips_what_its_join_was_told() {
+        let latest = Position::parse("ep-5").unwrap();
+        assert!(at_or_before(Some("ep-5"), &latest));
+        assert!(at_or_before(Some("ep-1"), &latest));
+        assert!(!at_or_before(Some("ep-6"), &latest), "later");
+        assert!(!at_or_before(Some("other-3"), &latest), "another epoch");
+        assert!(!at_or_before(None, &latest), "no position");
+        assert!(!at_or_before(Some("ep-x"), &latest), "malformed");
     }
 }

@@ -36,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;
+pub mod gapfill;
 pub mod history;
 pub mod http_api;
 pub mod hub;

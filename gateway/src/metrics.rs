@@ -90,6 +90,14 @@ pub struct Metrics {
     pub history_memory_bytes: IntGauge,
     /// Entries the in-process store dropped early to stay under its memory cap.
     pub history_evicted: IntCounter,
+    /// Broadcasts this node missed live (out of sequence, or lost while its Redis subscriber
+    /// resubscribed) and delivered late, in order, from the history store.
+    pub history_gaps_filled: IntCounter,
+    /// Gaps this node could not fill (trimmed or expired, epoch changed, store error): its
+    /// subscribers miss broadcasts until they rejoin with `since`.
+    pub history_gaps_unfillable: IntCounter,
+    /// Positioned broadcasts dropped because this node had already delivered their position.
+    pub history_duplicates: IntCounter,
     /// User-space bytes per live session: (RSS − RSS at startup) / sessions, set at each scrape.
     pub bytes_per_session: IntGauge,
     /// Backend hook requests by hook (`connect`, `join`, `event`, `leave`), answered or not.
@@ -285,6 +293,21 @@ impl Metrics {
                 &r,
                 "gateway_history_evicted_total",
                 "History entries dropped early to stay under the memory cap.",
+            ),
+            history_gaps_filled: counter(
+                &r,
+                "gateway_history_gaps_filled_total",
+                "Broadcasts missed live and delivered late, in order, from history.",
+            ),
+            history_gaps_unfillable: counter(
+                &r,
+                "gateway_history_gaps_unfillable_total",
+                "Gaps in a topic's broadcasts this node could not fill from history.",
+            ),
+            history_duplicates: counter(
+                &r,
+                "gateway_history_duplicates_total",
+                "Positioned broadcasts dropped as already delivered by this node.",
             ),
             sessions,
             connects: counter_vec(

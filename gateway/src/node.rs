@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,9 +21,10 @@ use crate::channel::{BackendChannel, Channel, ConfigChannel, Router};
 use crate::cluster::ClusterMessage;
 use crate::config::{ChannelSpec, Config};
 use crate::edge::Edge;
+use crate::gapfill::GapFiller;
 use crate::history::memory::MemoryHistory;
 use crate::history::redis::RedisHistory;
-use crate::history::SharedHistory;
+use crate::history::{Position, SharedHistory};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxLimits;
@@ -122,11 +123,14 @@ impl Gateway {
         let metrics = Arc::new(metrics);
         let (inbox, deliveries) = Inbox::new(metrics.clone());
         // Histories live where positions can be cluster-wide: Redis, else this node's memory.
+        // Redis readiness coming back ends a resubscription: the node then fills what it missed.
+        let mut readiness = None;
         let (pubsub, history): (SharedPubSub, SharedHistory) = match config.redis(&node_id) {
             Some(redis) => {
                 let adapter = RedisAdapter::start(redis, metrics.clone(), inbox).await?;
                 info!(node_id = %node_id, "cluster member through Redis");
                 let history = Arc::new(RedisHistory::new(adapter.redis().clone()));
+                readiness = Some(adapter.redis().health());
                 (Arc::new(adapter), history)
             }
             None => (
@@ -191,6 +195,7 @@ impl Gateway {
         let _tasks = [
             AbortOnDrop(tokio::spawn(deliver(
                 deliveries,
+                readiness,
                 core.clone(),
                 longpoll.clone(),
             ))),
@@ -225,21 +230,66 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How often the delivery task forgets topics the node no longer receives.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
 /// Route what other nodes send until the adapter closes the queue: broadcasts to the Hub's
-/// local fan-out, presence to the tracker, long-poll forwarding to the long-poll transport.
+/// local fan-out (positioned ones in sequence, gaps filled first), presence to the tracker,
+/// long-poll forwarding to the long-poll transport. When `readiness` turns ready again (a
+/// Redis subscriber resubscribed), the topics with history are filled up to date.
 async fn deliver(
     mut deliveries: mpsc::Receiver<ClusterMessage>,
+    mut readiness: Option<watch::Receiver<pubsub_redis::Health>>,
     core: Arc<Core>,
     longpoll: Arc<LongPoll>,
 ) {
-    while let Some(msg) = deliveries.recv().await {
-        match msg {
-            ClusterMessage::Broadcast(b) => {
-                // `except` is only ever set on the echo of this node's own history broadcast.
-                core.hub.fanout(&b, b.except);
+    // Positions are cluster-wide only in Redis: in-memory histories (one node; several in one
+    // process for tests) have an epoch per node, and nothing to fill from each other.
+    let mut filler = readiness.is_some().then(|| GapFiller::new(core.clone()));
+    let mut was_ready = readiness.as_ref().is_some_and(|r| r.borrow().ready);
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        let ready_changed = async {
+            match readiness.as_mut() {
+                Some(r) => r.changed().await.is_ok(),
+                None => std::future::pending().await,
             }
-            ClusterMessage::Presence(p) => core.presence.handle(p),
-            ClusterMessage::LongPoll(l) => longpoll.handle(l),
+        };
+        tokio::select! {
+            msg = deliveries.recv() => {
+                let Some(msg) = msg else { return };
+                match msg {
+                    ClusterMessage::Broadcast(b) => {
+                        let positioned = filler.as_mut().zip(b.position.as_deref());
+                        match positioned.and_then(|(f, p)| Some((f, Position::parse(p)?))) {
+                            Some((filler, position)) => filler.broadcast(b, position).await,
+                            // `except` is only ever set on the echo of this node's own history
+                            // broadcast.
+                            None => {
+                                core.hub.fanout(&b, b.except);
+                            }
+                        }
+                    }
+                    ClusterMessage::Presence(p) => core.presence.handle(p),
+                    ClusterMessage::LongPoll(l) => longpoll.handle(l),
+                }
+            }
+            alive = ready_changed => {
+                if !alive {
+                    readiness = None;
+                    continue;
+                }
+                let ready = readiness.as_ref().is_some_and(|r| r.borrow().ready);
+                if let Some(filler) = filler.as_mut().filter(|_| ready && !was_ready) {
+                    filler.resubscribed().await;
+                }
+                was_ready = ready;
+            }
+            _ = prune.tick() => {
+                if let Some(filler) = filler.as_mut() {
+                    filler.prune();
+                }
+            }
         }
     }
 }

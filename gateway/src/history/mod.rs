@@ -18,6 +18,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod sequence;
 
 #[cfg(test)]
 mod conformance;

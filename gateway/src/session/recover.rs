@@ -133,36 +133,38 @@ impl Session {
             .inc();
         let response = with_recovery(j.response, replay.is_some(), latest.as_ref());
         let intercepts = j.intercepts.as_deref();
-        let settled = core.hub.settle(j.topic, handle.key, |topic, aside| {
-            let reply = Reply::ok(response);
-            self.reply(Some(j.join_ref), j.msg_ref, topic, &reply);
-            for (event, payload) in &j.held {
-                let out = Outgoing::Push {
-                    join_ref: Some(j.join_ref),
-                    topic,
-                    event,
-                    payload,
-                };
-                core.hub.send(handle, wire, out);
-            }
-            if let Some(state) = &presence_state {
-                let out = Outgoing::Push {
-                    join_ref: Some(j.join_ref),
-                    topic,
-                    event: "presence_state",
-                    payload: state,
-                };
-                core.hub.send(handle, wire, out);
-            }
-            let replay = replay.unwrap_or_default();
-            metrics.history_replayed.inc_by(replay.len() as u64);
-            for msg in &replay {
-                core.hub.deliver_to(handle, wire, intercepts, msg);
-            }
-            for msg in aside.iter().filter(|m| !covered(m, latest.as_ref())) {
-                core.hub.deliver_to(handle, wire, intercepts, msg);
-            }
-        });
+        let settled = core
+            .hub
+            .settle(j.topic, handle.key, latest.clone(), |topic, aside| {
+                let reply = Reply::ok(response);
+                self.reply(Some(j.join_ref), j.msg_ref, topic, &reply);
+                for (event, payload) in &j.held {
+                    let out = Outgoing::Push {
+                        join_ref: Some(j.join_ref),
+                        topic,
+                        event,
+                        payload,
+                    };
+                    core.hub.send(handle, wire, out);
+                }
+                if let Some(state) = &presence_state {
+                    let out = Outgoing::Push {
+                        join_ref: Some(j.join_ref),
+                        topic,
+                        event: "presence_state",
+                        payload: state,
+                    };
+                    core.hub.send(handle, wire, out);
+                }
+                let replay = replay.unwrap_or_default();
+                metrics.history_replayed.inc_by(replay.len() as u64);
+                for msg in &replay {
+                    core.hub.deliver_to(handle, wire, intercepts, msg);
+                }
+                for msg in aside.iter().filter(|m| !covered(m, latest.as_ref())) {
+                    core.hub.deliver_to(handle, wire, intercepts, msg);
+                }
+            });
         settled.unwrap_or(subscribed)
     }
 }

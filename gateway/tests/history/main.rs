@@ -11,6 +11,7 @@ mod bench;
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod gaps;
 mod single_node;
 
 use gateway::config::ChannelSpec;

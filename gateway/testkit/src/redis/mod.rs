@@ -265,6 +265,17 @@ impl RedisServer {
             .await
     }
 
+    /// `RPUSH key value`: the list's new length.
+    pub async fn rpush(&self, key: &str, value: &[u8]) -> u64 {
+        self.query(redis::cmd("RPUSH").arg(key).arg(value)).await
+    }
+
+    /// `HINCRBY key field by`: the field's new value.
+    pub async fn hincrby(&self, key: &str, field: &str, by: i64) -> i64 {
+        self.query(redis::cmd("HINCRBY").arg(key).arg(field).arg(by))
+            .await
+    }
+
     /// `PUBSUB NUMSUB channel`: the number of subscriber connections.
     pub async fn numsub(&self, channel: &str) -> u64 {
         let (_, n): (String, u64) = self
