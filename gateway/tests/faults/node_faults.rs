@@ -141,10 +141,21 @@ async fn a_node_drained_during_traffic_moves_its_clients_in_batches() {
     let mut saw_draining = false;
     let mut drain_disconnects = 0.0;
     while a.wait_exit(Duration::from_millis(1)).await.is_none() {
-        let (status, body) = a.http("GET", "/readyz", "").await;
-        if status == 503 && body == "draining" {
+        // A may close its listener between the exit check and the probe: a probe that cannot
+        // connect or read (its task panics) means A is exiting, and the loop checks again.
+        let addr = a.addr;
+        let probe = tokio::spawn(async move {
+            let (status, body) = testkit::http(addr, "GET", "/readyz", &[], "").await;
+            let draining = status == 503 && body == "draining";
+            let metrics = if draining {
+                testkit::http(addr, "GET", "/metrics", &[], "").await.1
+            } else {
+                String::new()
+            };
+            (draining, metrics)
+        });
+        if let Ok((true, m)) = probe.await {
             saw_draining = true;
-            let m = a.metrics().await;
             assert_eq!(metric_value(&m, "gateway_draining"), 1.0);
             drain_disconnects = metric_value(&m, "gateway_disconnects_total{reason=\"drain\"}")
                 .max(drain_disconnects);
