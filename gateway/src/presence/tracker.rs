@@ -287,6 +287,8 @@ impl Presence {
         let mut tick = tokio::time::interval(tick_every);
         let mut last_beat = Instant::now() - period;
         let mut was_ready = pubsub.is_ready();
+        // whether this node lost the cluster after a ready heartbeat (an outage seen while ready)
+        let mut was_deaf = false;
         loop {
             tick.tick().await;
             self.flush();
@@ -299,18 +301,27 @@ impl Presence {
             // only at the heartbeat's pace, so a broker connection flapping while it comes back
             // re-syncs once per heartbeat, not once per tick
             let ready = pubsub.is_ready();
-            was_ready &= ready;
+            if !ready {
+                was_deaf |= was_ready;
+                was_ready = false;
+            }
             if beat && ready && !was_ready {
                 was_ready = true;
                 info!("pubsub is back: re-syncing presence");
-                // Every node gets the whole `down_after` from now to be heard again: the others
-                // reconnect to the broker on their own schedule. Always, not only after an
-                // outage seen while ready: an outage can begin before this node's first ready
-                // heartbeat (Redis dying just after start-up), and the nodes heard meanwhile
-                // must not be judged by the silence of the outage.
-                let fresh = Instant::now() + period;
+                // Silence is measured from now at the earliest: nodes heard before an outage
+                // are not judged by its silence, even one that began before this node's first
+                // ready heartbeat (Redis dying just after start-up). After an outage seen while
+                // ready, every node gets the whole `down_after` from now, as the others
+                // reconnect to the broker on their own schedule; at start-up no extra grace, so
+                // a node that dies right after is still gone within `down_after`.
+                let now = Instant::now();
+                let fresh = if std::mem::take(&mut was_deaf) {
+                    now + period
+                } else {
+                    now
+                };
                 for seen in self.nodes().values_mut() {
-                    seen.last = fresh;
+                    seen.last = seen.last.max(fresh);
                 }
                 for topic in self.replicas.topic_names() {
                     // This node's whole share (the others replace what they hold of it), and
