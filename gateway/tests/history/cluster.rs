@@ -11,19 +11,10 @@ use testkit::redis::{RedisCluster, RedisOptions, RedisServer};
 use testkit::{eventually, Client};
 
 use crate::common::TestNode;
-use crate::{history_spec, join_since, next_msg, nothing_more, offset, publish};
-
-fn config(redis: &RedisServer) -> Config {
-    Config {
-        redis_url: Some(redis.url()),
-        channels: vec![history_spec(1000)],
-        ..Config::default()
-    }
-}
-
-async fn ready(node: &TestNode) -> bool {
-    node.http("GET", "/readyz", &[], "").await.0 == 200
-}
+use crate::{
+    history_spec, join_since, next_msg, nothing_more, offset, publish, ready,
+    redis_config as config,
+};
 
 async fn started(redis: &RedisServer, count: usize) -> Vec<TestNode> {
     let mut nodes = Vec::new();

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use gateway::Config;
 use pubsub_redis::Envelope;
 use serde_json::json;
 use testkit::metrics::metric_value;
@@ -15,25 +14,13 @@ use testkit::redis::RedisServer;
 use testkit::{eventually, Client};
 
 use crate::common::TestNode;
-use crate::{history_spec, join_since, next_msg, nothing_more, offset, publish};
+use crate::{join_since, next_msg, nothing_more, offset, publish, ready, redis_config as config};
 
 const TOPIC: &str = "room:gaps";
 const NODES: usize = 3;
 const PER_NODE: u64 = 100;
 /// Each publisher's pace: three of them make 200 broadcasts/s.
 const PACE: Duration = Duration::from_millis(15);
-
-fn config(redis: &RedisServer) -> Config {
-    Config {
-        redis_url: Some(redis.url()),
-        channels: vec![history_spec(1000)],
-        ..Config::default()
-    }
-}
-
-async fn ready(node: &TestNode) -> bool {
-    node.http("GET", "/readyz", &[], "").await.0 == 200
-}
 
 async fn metric(nodes: &[TestNode], series: &str) -> f64 {
     let mut sum = 0.0;

@@ -15,7 +15,9 @@ mod gaps;
 mod single_node;
 
 use gateway::config::ChannelSpec;
+use gateway::Config;
 use serde_json::{json, Value};
+use testkit::redis::RedisServer;
 use testkit::Client;
 
 use common::TestNode;
@@ -79,4 +81,18 @@ pub fn offset(position: &str) -> u64 {
 /// Nothing more is queued for `c` (a heartbeat reply comes next).
 pub async fn nothing_more(c: &mut Client) {
     c.assert_nothing_queued().await;
+}
+
+/// A node over `redis` with one history rule (`history_spec(1000)`).
+pub fn redis_config(redis: &RedisServer) -> Config {
+    Config {
+        redis_url: Some(redis.url()),
+        channels: vec![history_spec(1000)],
+        ..Config::default()
+    }
+}
+
+/// Whether `node` answers `/readyz` with 200.
+pub async fn ready(node: &TestNode) -> bool {
+    node.http("GET", "/readyz", &[], "").await.0 == 200
 }
