@@ -44,6 +44,21 @@ function assertExactlyInOrder(state, n){
   assert.ok(got.every(m => Number.isNaN(Number(m.ref))), "positions are not numbers")
 }
 
+/**
+ * While `ch` is cut off, 50 broadcasts (1–50) go out; phoenix.js rejoins by itself with
+ * `since`, the rejoin recovers, and every message up to a live 51st arrives once, in order.
+ */
+async function missFiftyAndRecover(gw, topic, ch, state, joinOpts = {}){
+  for(let i = 1; i <= 50; i++){ await publish(gw, topic, i) }
+  await okJoins(ch, 2, joinOpts)
+  const rejoin = ch.joins.items.filter(j => j.status === "ok")[1]
+  assert.equal(rejoin.response.recovered, true, JSON.stringify(rejoin))
+  await received(state, 51)
+  await publish(gw, topic, 51)
+  await received(state, 52)
+  assertExactlyInOrder(state, 52)
+}
+
 test("websocket: a client cut off while 50 messages are broadcast gets exactly those, then live ones", T, async t => {
   const fx = fixture(t)
   const gw = await fx.gateway()
@@ -61,14 +76,7 @@ test("websocket: a client cut off while 50 messages are broadcast gets exactly t
   const closed = c.events.mark()
   for(const s of proxy.sockets){ s.destroy() }
   await c.events.waitFor(e => e.kind === "close", {from: closed, what: "the cut"})
-  for(let i = 1; i <= 50; i++){ await publish(gw, topic, i) }
-  await okJoins(ch, 2)
-  const rejoin = ch.joins.items.filter(j => j.status === "ok")[1]
-  assert.equal(rejoin.response.recovered, true, JSON.stringify(rejoin))
-  await received(state, 51)
-  await publish(gw, topic, 51)
-  await received(state, 52)
-  assertExactlyInOrder(state, 52)
+  await missFiftyAndRecover(gw, topic, ch, state)
 })
 
 test("longpoll: a session ended by the server while 50 messages are broadcast recovers them", T, async t => {
@@ -83,14 +91,7 @@ test("longpoll: a session ended by the server while 50 messages are broadcast re
   await received(state, 1)
 
   assertAccepted(await postJson(gw, "/api/disconnect", {id: "user_socket:lp"}), "disconnect")
-  for(let i = 1; i <= 50; i++){ await publish(gw, topic, i) }
-  await okJoins(ch, 2, {timeout: 15000})
-  const rejoin = ch.joins.items.filter(j => j.status === "ok")[1]
-  assert.equal(rejoin.response.recovered, true, JSON.stringify(rejoin))
-  await received(state, 51)
-  await publish(gw, topic, 51)
-  await received(state, 52)
-  assertExactlyInOrder(state, 52)
+  await missFiftyAndRecover(gw, topic, ch, state, {timeout: 15000})
 })
 
 test("a malformed or foreign since joins with recovered false and no replay", T, async t => {
