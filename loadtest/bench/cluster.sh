@@ -2,11 +2,13 @@
 # §5: cross-node broadcast. One redis-server, three nodes A B C; subscribers on B and C only,
 # publisher (POST /api/broadcast) on A, so every delivery crosses Redis. One cluster per
 # invocation, reused across its runs (sessions close between runs); the kernel floor per run.
+# SUBSCRIBER_NODES picks where the subscribers are ("B C" = split over both; "B" = issue 17's
+# goal 3, every subscriber on one node).
 #
-#   loadtest/bench/cluster.sh [OUT=target/bench] [SUBSCRIBERS=6000] ["RATE:RUNS RATE:RUNS ..."="10:3"]
+#   loadtest/bench/cluster.sh [OUT=target/bench] [SUBSCRIBERS=6000] ["RATE:RUNS RATE:RUNS ..."="10:3"] [SUBSCRIBER_NODES="B C"]
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
-OUT=${1:-$ROOT/target/bench}; N=${2:-6000}; PLAN=${3:-"10:3"}
+OUT=${1:-$ROOT/target/bench}; N=${2:-6000}; PLAN=${3:-"10:3"}; SUBS=${4:-"B C"}
 mkdir -p "$OUT"; trap stop_all EXIT; trap 'exit 130' INT TERM
 ulimit -n 20000 || exit 1
 bench_header "cluster.sh $N subscribers, plan $PLAN"
@@ -15,12 +17,17 @@ R="redis://127.0.0.1:$REDIS_PORT"
 start_node A --redis-url "$R" || exit 1; PA=$NODE_PORT; GA=$NODE_PID
 start_node B --redis-url "$R" || exit 1; PB=$NODE_PORT; GB=$NODE_PID
 start_node C --redis-url "$R" || exit 1; PC=$NODE_PORT; GC=$NODE_PID
-echo "redis pid $REDIS_PID port $REDIS_PORT; nodes A:$PA B:$PB C:$PC"
+echo "redis pid $REDIS_PID port $REDIS_PORT; nodes A:$PA B:$PB C:$PC; subscribers on $SUBS"
+SUB_URLS=()
+for n in $SUBS; do
+  case $n in B) SUB_URLS+=(--url "ws://127.0.0.1:$PB") ;; C) SUB_URLS+=(--url "ws://127.0.0.1:$PC") ;;
+    *) echo "SUBSCRIBER_NODES: B and/or C, not $n" >&2; exit 2 ;; esac
+done
 for step in $PLAN; do rate=${step%:*}; runs=${step#*:}
   for i in $(seq "$runs"); do
     floor "cl-r$rate-$i"
     r0=$(cpu_ticks "$REDIS_PID"); t0=$(date +%s.%N); load=$(cut -d' ' -f1-3 /proc/loadavg)
-    timeout 120 "$BIN/loadtest" fanout --url "ws://127.0.0.1:$PB" --url "ws://127.0.0.1:$PC" \
+    timeout 120 "$BIN/loadtest" fanout "${SUB_URLS[@]}" \
       --publish-url "http://127.0.0.1:$PA" -n "$N" --topics 1 --rate 100000 --max-inflight 100 \
       --publish-rate "$rate" --duration-secs 10 --max-secs 60 \
       --server-pid "$GA" --server-pid "$GB" --server-pid "$GC" \

@@ -3,7 +3,9 @@
 // ref) => …)` gets each broadcast's position in `ref`. A client whose connection is cut while
 // 50 messages are broadcast rejoins by itself and receives exactly those 50, in order, then
 // live ones: over WebSocket (the connection cut at a proxy) and over LongPoll (the session
-// ended by the server with a forced disconnect). The demo channel `room:*` keeps history.
+// ended by the server with a forced disconnect); on one node and in a two-node cluster behind a
+// load balancer without sticky sessions, where the client comes back on the other node; and
+// when its node is SIGKILLed. The demo channel `room:*` keeps history.
 
 import assert from "node:assert/strict"
 import {test} from "node:test"
@@ -45,16 +47,18 @@ function assertExactlyInOrder(state, n){
 }
 
 /**
- * While `ch` is cut off, 50 broadcasts (1–50) go out; phoenix.js rejoins by itself with
- * `since`, the rejoin recovers, and every message up to a live 51st arrives once, in order.
+ * While `ch` is cut off, 50 broadcasts (1–50) go out, through the gateways of `via` in turn
+ * (one gateway or several); phoenix.js rejoins by itself with `since`, the rejoin recovers, and
+ * every message up to a live 51st arrives once, in order.
  */
-async function missFiftyAndRecover(gw, topic, ch, state, joinOpts = {}){
-  for(let i = 1; i <= 50; i++){ await publish(gw, topic, i) }
+async function missFiftyAndRecover(via, topic, ch, state, joinOpts = {}){
+  const gws = [].concat(via)
+  for(let i = 1; i <= 50; i++){ await publish(gws[i % gws.length], topic, i) }
   await okJoins(ch, 2, joinOpts)
   const rejoin = ch.joins.items.filter(j => j.status === "ok")[1]
   assert.equal(rejoin.response.recovered, true, JSON.stringify(rejoin))
   await received(state, 51)
-  await publish(gw, topic, 51)
+  await publish(gws[0], topic, 51)
   await received(state, 52)
   assertExactlyInOrder(state, 52)
 }
@@ -93,6 +97,68 @@ test("longpoll: a session ended by the server while 50 messages are broadcast re
   assertAccepted(await postJson(gw, "/api/disconnect", {id: "user_socket:lp"}), "disconnect")
   await missFiftyAndRecover(gw, topic, ch, state, {timeout: 15000})
 })
+
+/** The node (by name) the proxy sent the `n`th WebSocket upgrade to (0-based). */
+function upgradedTo(proxy, n){
+  return proxy.log.filter(e => e.upgrade)[n]?.node
+}
+
+test("cluster websocket: cut off on node A while 50 messages go out through A and B, the client rejoins on B and gets exactly those", T, async t => {
+  const fx = fixture(t)
+  const {nodes: [a, b]} = await fx.cluster(2)
+  const proxy = await fx.proxy([a, b])
+  const c = fx.client(proxy)
+  const topic = "room:history-cluster-ws"
+  const {ch, state} = recovering(c, topic)
+  await okJoins(ch, 1)
+  await publish(b, topic, 0)
+  await received(state, 1)
+  assert.equal(upgradedTo(proxy, 0), a.name)
+
+  const closed = c.events.mark()
+  for(const s of proxy.sockets){ s.destroy() }
+  await c.events.waitFor(e => e.kind === "close", {from: closed, what: "the cut"})
+  await missFiftyAndRecover([a, b], topic, ch, state)
+  assert.equal(upgradedTo(proxy, 1), b.name, "the client came back on the other node")
+})
+
+test("cluster longpoll: polls spread over two nodes; a session ended while 50 messages go out recovers them", T, async t => {
+  const fx = fixture(t)
+  const {nodes: [a, b]} = await fx.cluster(2, {args: ["--jwt-secret", SECRET, "--longpoll-secret", "lp-cluster-secret"]})
+  const proxy = await fx.proxy([a, b])
+  const token = signJwt({sub: "lpc", exp: nowSecs() + 3600}, SECRET)
+  const c = fx.client(proxy, {transport: LongPoll, params: {token}})
+  const topic = "room:history-cluster-lp"
+  const {ch, state} = recovering(c, topic)
+  await okJoins(ch, 1)
+  await publish(a, topic, 0)
+  await received(state, 1)
+  assert.deepEqual(proxy.nodesHit("/socket/longpoll"), new Set([a.name, b.name]), "polls reached both nodes")
+
+  assertAccepted(await postJson(b, "/api/disconnect", {id: "user_socket:lpc"}), "disconnect")
+  await missFiftyAndRecover([b, a], topic, ch, state, {timeout: 15000})
+})
+
+for(const transport of ["websocket", "longpoll"]){
+  test(`${transport}: its node SIGKILLed, the client reconnects to the other node and recovers what it missed`, T, async t => {
+    const fx = fixture(t)
+    const {nodes: [a, b]} = await fx.cluster(2, {args: ["--longpoll-secret", "lp-kill-secret"]})
+    // the balancer sends the first connection to A
+    const proxy = await fx.proxy([a, b])
+    const c = fx.client(proxy, transport === "longpoll" ? {transport: LongPoll} : {})
+    const topic = `room:history-kill-${transport}`
+    const {ch, state} = recovering(c, topic)
+    await okJoins(ch, 1)
+    await publish(b, topic, 0)
+    await received(state, 1)
+    if(transport === "websocket"){ assert.equal(upgradedTo(proxy, 0), a.name) }
+
+    a.proc.kill("SIGKILL")
+    await a.waitExit(5000)
+    proxy.remove(a)
+    await missFiftyAndRecover(b, topic, ch, state, {timeout: 15000})
+  })
+}
 
 test("a malformed or foreign since joins with recovered false and no replay", T, async t => {
   const fx = fixture(t)

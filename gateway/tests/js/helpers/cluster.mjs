@@ -204,6 +204,12 @@ export class RoundRobinProxy {
     return index
   }
 
+  /** Takes `gw` out of the rotation, as a load balancer's health check does with a dead node. */
+  remove(gw){
+    this.targets = this.targets.filter(t => t !== gw)
+    this.next = 0
+  }
+
   forward(req, res){
     const index = this.pick()
     const target = this.targets[index]
