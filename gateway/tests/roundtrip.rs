@@ -127,16 +127,17 @@ proptest! {
         payload in json_value(),
     ) {
         let p = Payload::json(&payload);
+        // a push's ref slot carries the position of an intercepted broadcast, if any
         let push = decode_v2(&encode_v2(Outgoing::Push {
-            join_ref: s(&jr), topic: &topic, event: &event, payload: &p,
+            join_ref: s(&jr), position: s(&r), topic: &topic, event: &event, payload: &p,
         })).unwrap();
         prop_assert_eq!(&push, &Message {
-            join_ref: jr.clone(), msg_ref: None, topic: topic.clone(), event: event.clone(),
+            join_ref: jr.clone(), msg_ref: r.clone(), topic: topic.clone(), event: event.clone(),
             payload: p.clone(),
         });
 
         let broadcast = decode_v2(&encode_v2(Outgoing::Broadcast {
-            position: None,
+            position: s(&r),
             topic: &topic, event: &event, payload: &p,
         })).unwrap();
         prop_assert_eq!(&broadcast, &Message { join_ref: None, ..push.clone() });
@@ -178,11 +179,16 @@ proptest! {
             payload: payload.clone(),
         });
 
-        // The server's V1 encoder drops the join ref; a reply keeps the client's ref.
+        // The server's V1 encoder drops the join ref (a push's ref is an intercepted
+        // broadcast's position, if any); a reply keeps the client's ref.
         let push = decode_v1(&encode_v1(Outgoing::Push {
-            join_ref: s(&jr), topic: &topic, event: &event, payload: &payload,
+            join_ref: s(&jr), position: None, topic: &topic, event: &event, payload: &payload,
         }).unwrap()).unwrap();
         prop_assert_eq!(push, Message { join_ref: None, msg_ref: None, ..m.clone() });
+        let positioned = decode_v1(&encode_v1(Outgoing::Push {
+            join_ref: s(&jr), position: s(&r), topic: &topic, event: &event, payload: &payload,
+        }).unwrap()).unwrap();
+        prop_assert_eq!(positioned, Message { join_ref: None, ..m.clone() });
         let reply = decode_v1(&encode_v1(Outgoing::Reply {
             join_ref: s(&jr), msg_ref: s(&r), topic: &topic, status: "ok", payload: &payload,
         }).unwrap()).unwrap();
@@ -222,7 +228,7 @@ proptest! {
         let (jr_s, r_s) = (jr.clone().unwrap_or_default(), r.clone().unwrap_or_default());
 
         let push = encode_binary(Outgoing::Push {
-            join_ref: s(&jr), topic: &topic, event: &event, payload: &p,
+            join_ref: s(&jr), position: None, topic: &topic, event: &event, payload: &p,
         }).unwrap();
         prop_assert_eq!(
             server_binary_fields(&push, 3),
@@ -257,7 +263,7 @@ proptest! {
         let p = Payload::Binary(Bytes::from_static(b"p"));
         let broadcast = encode_binary(Outgoing::Broadcast { position: None, topic: &long, event: "e", payload: &p });
         let push = encode_binary(Outgoing::Push {
-            join_ref: None, topic: "t", event: &long, payload: &p,
+            join_ref: None, position: None, topic: "t", event: &long, payload: &p,
         });
         let reply = encode_binary(Outgoing::Reply {
             join_ref: Some(&long), msg_ref: None, topic: "t", status: "ok", payload: &p,
@@ -303,7 +309,7 @@ proptest! {
                 let raw = client_binary_push("1", s(r).unwrap_or(""), "t", "e", payload.bytes());
                 Bytes::from(base64::engine::general_purpose::STANDARD.encode(raw))
             } else {
-                encode_v2(Outgoing::Push { join_ref: s(r), topic, event: "e", payload })
+                encode_v2(Outgoing::Push { join_ref: s(r), position: None, topic, event: "e", payload })
             }
         }).collect();
         let sep: &[u8] = if crlf { b"\r\n" } else { b"\n" };

@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
 
     let out = encode_v1(Outgoing::Push {
         join_ref: m.join_ref.as_deref(),
+        position: None,
         topic: &m.topic,
         event: &m.event,
         payload: &m.payload,

@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
 
     let push = encode_v2(Outgoing::Push {
         join_ref: m.join_ref.as_deref(),
+        position: None,
         topic: &m.topic,
         event: &m.event,
         payload: &m.payload,

@@ -116,6 +116,7 @@ impl ChannelContext<'_> {
         }
         let out = Outgoing::Push {
             join_ref: Some(self.join_ref),
+            position: None,
             topic: self.topic,
             event,
             payload: &payload,
@@ -239,6 +240,7 @@ impl ChannelHandle {
     pub fn push(&self, event: &str, payload: &Payload) {
         let out = Outgoing::Push {
             join_ref: Some(&self.join_ref),
+            position: None,
             topic: &self.topic,
             event,
             payload,

@@ -92,11 +92,13 @@ fn len_u8(s: &str) -> Option<u8> {
 pub fn encode_binary(out: Outgoing<'_>) -> Option<Bytes> {
     let mut buf;
     match out {
+        // a binary push has no ref slot: an intercepted broadcast's position is not carried
         Outgoing::Push {
             join_ref,
             topic,
             event,
             payload,
+            ..
         } => {
             let jr = join_ref.unwrap_or("");
             buf = BytesMut::with_capacity(
@@ -199,6 +201,7 @@ mod tests {
         assert_eq!(&b[..], &[2, 1, 1, b't', b'e', b'A', b'B']);
         let push = encode_binary(Outgoing::Push {
             join_ref: Some("1"),
+            position: None,
             topic: "t",
             event: "e",
             payload: &p,

@@ -152,12 +152,15 @@ pub fn encode_v2(out: Outgoing<'_>) -> Bytes {
         }
         Outgoing::Push {
             join_ref,
+            position,
             topic,
             event,
             payload,
         } => {
             json_opt(&mut buf, join_ref);
-            buf.put_slice(b",null,");
+            buf.put_u8(b',');
+            json_opt(&mut buf, position);
+            buf.put_u8(b',');
             json_string(&mut buf, topic);
             buf.put_u8(b',');
             json_string(&mut buf, event);
@@ -206,8 +209,13 @@ pub fn encode_v1(out: Outgoing<'_>) -> Option<Bytes> {
     let mut buf = BytesMut::with_capacity(capacity(&out) + 32);
     let (topic, event, msg_ref) = match out {
         Outgoing::Reply { topic, msg_ref, .. } => (topic, PHX_REPLY, msg_ref),
-        Outgoing::Push { topic, event, .. } => (topic, event, None),
-        Outgoing::Broadcast {
+        Outgoing::Push {
+            topic,
+            event,
+            position,
+            ..
+        }
+        | Outgoing::Broadcast {
             topic,
             event,
             position,

@@ -157,10 +157,14 @@ pub enum Outgoing<'a> {
         /// Response payload.
         payload: &'a Payload,
     },
-    /// `[join_ref, null, topic, event, payload]`: a push to one client.
+    /// `[join_ref, position, topic, event, payload]`: a push to one client. `position` is set
+    /// only when the push is a broadcast on a topic with history that the channel intercepted
+    /// (`handle_out`), so the client still learns how far it got; otherwise the ref slot is null.
     Push {
         /// Current join ref of the channel.
         join_ref: Option<&'a str>,
+        /// Position of the intercepted broadcast in its topic's history.
+        position: Option<&'a str>,
         /// Topic.
         topic: &'a str,
         /// Event.

@@ -121,6 +121,7 @@ impl Session {
                 for (event, payload) in held {
                     let out = Outgoing::Push {
                         join_ref: Some(join_ref),
+                        position: None,
                         topic,
                         event: &event,
                         payload: &payload,
@@ -131,6 +132,7 @@ impl Session {
                     let state = core.presence.state(topic);
                     let out = Outgoing::Push {
                         join_ref: Some(join_ref),
+                        position: None,
                         topic,
                         event: "presence_state",
                         payload: &state,

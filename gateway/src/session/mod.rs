@@ -405,6 +405,7 @@ impl Session {
             Ok(Ok(Some(payload))) => {
                 let out = Outgoing::Push {
                     join_ref: Some(&ch.join_ref),
+                    position: msg.position.as_deref(),
                     topic: &ch.topic,
                     event: &msg.event,
                     payload: &payload,

@@ -141,6 +141,7 @@ impl Session {
                 for (event, payload) in &j.held {
                     let out = Outgoing::Push {
                         join_ref: Some(j.join_ref),
+                        position: None,
                         topic,
                         event,
                         payload,
@@ -150,6 +151,7 @@ impl Session {
                 if let Some(state) = &presence_state {
                     let out = Outgoing::Push {
                         join_ref: Some(j.join_ref),
+                        position: None,
                         topic,
                         event: "presence_state",
                         payload: state,

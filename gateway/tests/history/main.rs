@@ -12,6 +12,7 @@ mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod gaps;
+mod intercept;
 mod single_node;
 
 use gateway::config::ChannelSpec;
