@@ -62,6 +62,14 @@ impl GapFiller {
         }
     }
 
+    /// A join on this node told its client that `topic` stands at `position` (read after its
+    /// subscription took effect): start the topic's sequence there unless broadcasts were
+    /// delivered on it already, so one this node misses before hearing any (a resubscription
+    /// right after the join) is filled too.
+    pub fn seed(&mut self, topic: Arc<str>, position: Position) {
+        self.sequencer.seed(topic, position);
+    }
+
     /// After this node's Redis subscriber resubscribed: broadcasts published meanwhile were
     /// not received, and the last of them may have no successor to reveal the gap. Fill every
     /// topic still received from its last delivered position.

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock};
 
+use tokio::sync::mpsc;
+
 use crate::cluster::{Broadcast, ClusterMessage};
 use crate::history::{HistoryError, Limits, Position, SharedHistory, Stored};
 use crate::metrics::Metrics;
@@ -97,9 +99,16 @@ pub struct Hub {
     limits: OutboxLimits,
     /// Where topics with history store their broadcasts.
     history: SharedHistory,
+    /// Where joins on topics with history report the position they told their client, so the
+    /// node's delivery task starts the topic's sequence there (`gapfill`); `None` when no
+    /// cluster-wide store is there to fill gaps from.
+    seeds: Option<mpsc::Sender<Seed>>,
     /// Counters.
     metrics: Arc<Metrics>,
 }
+
+/// A topic and the position a join on this node told its client it stands at.
+pub type Seed = (Arc<str>, Position);
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,10 +140,12 @@ impl EncodeCache {
 }
 
 impl Hub {
-    /// A hub that reports interest changes to `pubsub` and keeps histories in `history`.
+    /// A hub that reports interest changes to `pubsub`, keeps histories in `history` and
+    /// reports the positions joins were told to `seeds`.
     pub fn new(
         pubsub: SharedPubSub,
         history: SharedHistory,
+        seeds: Option<mpsc::Sender<Seed>>,
         limits: OutboxLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -143,8 +154,19 @@ impl Hub {
             hasher: RandomState::new(),
             pubsub,
             history,
+            seeds,
             limits,
             metrics,
+        }
+    }
+
+    /// A client on this node was told `topic` stands at `position`. Never waits: when the
+    /// delivery task is that far behind the report is dropped, and the topic's sequence
+    /// starts at the first broadcast the node hears, as it would without it.
+    pub fn seed(&self, topic: &Arc<str>, position: &Position) {
+        if let Some(seeds) = &self.seeds {
+            // a full queue only loses the head start, never a broadcast
+            let _ = seeds.try_send((topic.clone(), position.clone()));
         }
     }
 

@@ -25,7 +25,7 @@ use crate::gapfill::GapFiller;
 use crate::history::memory::MemoryHistory;
 use crate::history::redis::RedisHistory;
 use crate::history::{Position, SharedHistory};
-use crate::hub::Hub;
+use crate::hub::{Hub, Seed};
 use crate::metrics::Metrics;
 use crate::outbox::OutboxLimits;
 use crate::presence::{Presence, PresenceSettings};
@@ -151,7 +151,16 @@ impl Gateway {
             max_items: config.outbox_max_frames,
             max_bytes: config.outbox_max_bytes,
         };
-        let hub = Arc::new(Hub::new(pubsub, history, outbox, metrics.clone()));
+        // Joins report the positions they told clients to the delivery task; only a
+        // cluster-wide store has gaps to fill (see `deliver`).
+        let (seeds, seeded) = match readiness {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(SEEDS_QUEUED);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let hub = Arc::new(Hub::new(pubsub, history, seeds, outbox, metrics.clone()));
         let presence = Arc::new(Presence::new(
             hub.clone(),
             PresenceSettings {
@@ -195,6 +204,7 @@ impl Gateway {
         let _tasks = [
             AbortOnDrop(tokio::spawn(deliver(
                 deliveries,
+                seeded,
                 readiness,
                 core.clone(),
                 longpoll.clone(),
@@ -230,15 +240,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Join positions waiting for the delivery task; past this a join's report is dropped (it only
+/// loses the head start of a topic's sequence, see `Hub::seed`).
+const SEEDS_QUEUED: usize = 4096;
+
 /// How often the delivery task forgets topics the node no longer receives.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 /// Route what other nodes send until the adapter closes the queue: broadcasts to the Hub's
 /// local fan-out (positioned ones in sequence, gaps filled first), presence to the tracker,
-/// long-poll forwarding to the long-poll transport. When `readiness` turns ready again (a
+/// long-poll forwarding to the long-poll transport. `seeded` brings the positions joins told
+/// their clients, where a topic's sequence starts. When `readiness` turns ready again (a
 /// Redis subscriber resubscribed), the topics with history are filled up to date.
 async fn deliver(
     mut deliveries: mpsc::Receiver<ClusterMessage>,
+    mut seeded: Option<mpsc::Receiver<Seed>>,
     mut readiness: Option<watch::Receiver<pubsub_redis::Health>>,
     core: Arc<Core>,
     longpoll: Arc<LongPoll>,
@@ -246,12 +262,20 @@ async fn deliver(
     // Positions are cluster-wide only in Redis: in-memory histories (one node; several in one
     // process for tests) have an epoch per node, and nothing to fill from each other.
     let mut filler = readiness.is_some().then(|| GapFiller::new(core.clone()));
-    let mut was_ready = readiness.as_ref().is_some_and(|r| r.borrow().ready);
+    // The resubscriptions already filled after: a new one, once ready, fills again (counted,
+    // not seen as a ready edge, so a reconnect faster than this task's next look still fills).
+    let mut filled_after = readiness.as_ref().map_or(0, |r| r.borrow().resyncs);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {
         let ready_changed = async {
             match readiness.as_mut() {
                 Some(r) => r.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let seed = async {
+            match seeded.as_mut() {
+                Some(s) => s.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -274,16 +298,26 @@ async fn deliver(
                     ClusterMessage::LongPoll(l) => longpoll.handle(l),
                 }
             }
+            seed = seed => match (seed, filler.as_mut()) {
+                (Some((topic, position)), Some(filler)) => filler.seed(topic, position),
+                (Some(_), None) => {}
+                (None, _) => seeded = None,
+            },
             alive = ready_changed => {
                 if !alive {
                     readiness = None;
                     continue;
                 }
-                let ready = readiness.as_ref().is_some_and(|r| r.borrow().ready);
-                if let Some(filler) = filler.as_mut().filter(|_| ready && !was_ready) {
-                    filler.resubscribed().await;
+                let (ready, resyncs) = readiness.as_ref().map_or((false, 0), |r| {
+                    let health = r.borrow();
+                    (health.ready, health.resyncs)
+                });
+                if ready && resyncs != filled_after {
+                    filled_after = resyncs;
+                    if let Some(filler) = filler.as_mut() {
+                        filler.resubscribed().await;
+                    }
                 }
-                was_ready = ready;
             }
             _ = prune.tick() => {
                 if let Some(filler) = filler.as_mut() {

@@ -23,6 +23,10 @@ pub struct Health {
     pub canary_rtt: Option<Duration>,
     /// Why the node is not ready (human readable); `None` when ready.
     pub reason: Option<String>,
+    /// How many times a subscriber connection finished (re)subscribing. A change means
+    /// messages published meanwhile may have been missed, even when a watcher never saw
+    /// `ready` drop (a fast reconnect between two looks).
+    pub resyncs: u64,
 }
 
 /// Where a subscriber connection is in its lifecycle.
@@ -55,6 +59,8 @@ struct State {
     conns: Vec<Conn>,
     rtt: Option<Duration>,
     ever_ready: bool,
+    /// Subscriber connections that finished (re)subscribing, ever (`Health::resyncs`).
+    resyncs: u64,
 }
 
 /// Shared readiness state of one adapter instance.
@@ -80,6 +86,7 @@ impl HealthTracker {
             ready: false,
             canary_rtt: None,
             reason: Some("starting".to_owned()),
+            resyncs: 0,
         });
         HealthTracker {
             base: Instant::now(),
@@ -88,6 +95,7 @@ impl HealthTracker {
                 conns,
                 rtt: None,
                 ever_ready: false,
+                resyncs: 0,
             }),
             tx,
         }
@@ -102,6 +110,9 @@ impl HealthTracker {
     pub(crate) fn set_phase(&self, conn: usize, phase: Phase) {
         {
             let mut state = self.state.lock().unwrap();
+            if matches!(phase, Phase::Synced(_)) {
+                state.resyncs += 1;
+            }
             let c = &mut state.conns[conn];
             c.phase = phase;
             for canary in c.canaries.values_mut() {
@@ -194,7 +205,7 @@ impl HealthTracker {
         let mut state = self.state.lock().unwrap();
         let reason = self.not_ready_reason(&state);
         let ready = reason.is_none();
-        let rtt = state.rtt;
+        let (rtt, resyncs) = (state.rtt, state.resyncs);
         if ready != self.tx.borrow().ready {
             match &reason {
                 Some(why) => tracing::warn!(reason = %why, "redis pubsub NOT READY"),
@@ -210,6 +221,7 @@ impl HealthTracker {
                 ready,
                 canary_rtt: rtt,
                 reason,
+                resyncs,
             };
             let changed = *h != new;
             *h = new;

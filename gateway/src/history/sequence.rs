@@ -79,6 +79,13 @@ impl Sequencer {
         }
     }
 
+    /// Start `topic`'s sequence at `pos` if nothing was delivered on it yet: a join on this
+    /// node told its client the topic stands there, so whatever follows must reach it, even a
+    /// broadcast missed before the first one this node hears.
+    pub fn seed(&mut self, topic: Arc<str>, pos: Position) {
+        self.last.entry(topic).or_insert(pos);
+    }
+
     /// Every topic with its last delivered position (to check for a tail missed meanwhile).
     pub fn tracked(&self) -> Vec<(Arc<str>, Position)> {
         self.last
@@ -110,6 +117,33 @@ mod tests {
         assert_eq!(s.check("t", &pos("e-6")), Verdict::Duplicate);
         assert_eq!(s.check("t", &pos("e-2")), Verdict::Duplicate);
         assert_eq!(s.check("u", &pos("e-9")), Verdict::Deliver, "topics apart");
+    }
+
+    #[test]
+    fn a_seed_starts_an_untracked_topic_and_never_moves_a_tracked_one() {
+        let mut s = Sequencer::default();
+        s.seed("t".into(), pos("e-3"));
+        assert_eq!(
+            s.check("t", &pos("e-3")),
+            Verdict::Duplicate,
+            "told already"
+        );
+        assert_eq!(
+            s.check("t", &pos("e-5")),
+            Verdict::Gap {
+                after: pos("e-3"),
+                epoch_changed: false
+            },
+            "e-4 was missed"
+        );
+        assert!(s.delivered("t", &pos("e-4")));
+        s.seed("t".into(), pos("e-9"));
+        s.seed("t".into(), pos("e-1"));
+        assert_eq!(
+            s.check("t", &pos("e-5")),
+            Verdict::Deliver,
+            "seeds left it at e-4"
+        );
     }
 
     #[test]

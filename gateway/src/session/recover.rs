@@ -121,6 +121,9 @@ impl Session {
                 (None, None)
             }
         };
+        if let Some(latest) = &latest {
+            core.hub.seed(&subscribed, latest);
+        }
         let outcome = match (&since, &replay) {
             (None, _) => "none",
             (Some(_), Some(_)) => "exact",

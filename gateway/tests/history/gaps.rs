@@ -2,9 +2,12 @@
 //! 200 broadcasts/s published through all three while the Redis subscriber connections are
 //! killed again and again (`CLIENT KILL TYPE pubsub`), each time for long enough that every
 //! node misses broadcasts live. Every subscriber must receive every
-//! broadcast exactly once, in position order, and the nodes must say they filled gaps. And a
-//! join that replayed what its node had missed never gets it again when the node fills late.
+//! broadcast exactly once, in position order, and the nodes must say they filled gaps. A join
+//! that replayed what its node had missed never gets it again when the node fills late, and a
+//! node that misses a broadcast before hearing any on the topic fills it from where its join
+//! told the client the topic stood.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use pubsub_redis::Envelope;
@@ -30,6 +33,32 @@ async fn metric(nodes: &[TestNode], series: &str) -> f64 {
         sum += metric_value(&text, series);
     }
     sum
+}
+
+/// Store broadcasts `{"i": i}` at positions `<epoch>-<i>` for each `i` in `offsets` the way the
+/// history script stores them, but publish them to nobody: as if published while every
+/// subscriber connection was down.
+async fn store_unheard(
+    redis: &RedisServer,
+    topic: &str,
+    epoch: &str,
+    offsets: RangeInclusive<u64>,
+) {
+    for i in offsets {
+        let mut env = Envelope::new(
+            "elsewhere",
+            topic,
+            "new_msg",
+            json!({"i": i}).to_string(),
+            false,
+        );
+        env.position = Some(format!("{epoch}-{i}"));
+        let bytes = env.encode().expect("encodable");
+        redis.rpush(&format!("gw:h:{{{topic}}}"), &bytes).await;
+        redis
+            .hincrby(&format!("gw:hm:{{{topic}}}"), "offset", 1)
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,24 +175,9 @@ async fn a_node_filling_late_never_repeats_what_a_join_replayed() {
     let first = publish(&node, topic, 1).await;
     assert_eq!(next_msg(&mut early, topic).await, (first.clone(), 1));
 
-    // Broadcasts 2 and 3 are stored but never heard by the node (as if published while its
-    // subscriber connection was down): stored the way the history script stores them.
+    // Broadcasts 2 and 3 are stored but never heard by the node.
     let (epoch, _) = first.rsplit_once('-').expect("epoch-offset");
-    for i in 2..=3u64 {
-        let mut env = Envelope::new(
-            "elsewhere",
-            topic,
-            "new_msg",
-            json!({"i": i}).to_string(),
-            false,
-        );
-        env.position = Some(format!("{epoch}-{i}"));
-        let bytes = env.encode().expect("encodable");
-        redis.rpush(&format!("gw:h:{{{topic}}}"), &bytes).await;
-        redis
-            .hincrby(&format!("gw:hm:{{{topic}}}"), "offset", 1)
-            .await;
-    }
+    store_unheard(&redis, topic, epoch, 2..=3).await;
 
     // A client joining now is replayed 2 and 3 from history.
     let mut late = node.ws().await;
@@ -193,5 +207,45 @@ async fn a_node_filling_late_never_repeats_what_a_join_replayed() {
     assert_eq!(
         metric(&nodes, "gateway_history_duplicates_total").await,
         0.0
+    );
+}
+
+/// A node's sequence of a topic starts where its first join told the client the topic stands,
+/// not at the first broadcast it hears: a broadcast it misses before hearing any there (its
+/// subscriber connection gone right after the join) reaches the client once it resubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_missed_before_the_node_heard_any_on_the_topic_is_filled() {
+    let redis = RedisServer::start().await;
+    let a = TestNode::start(config(&redis)).await;
+    let b = TestNode::start(config(&redis)).await;
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(10), "node ready", || ready(n)).await;
+    }
+    let topic = "room:fresh";
+    // Published through A while nobody listens anywhere: B never hears it.
+    let first = publish(&a, topic, 1).await;
+    let mut c = b.ws().await;
+    let joined = join_since(&mut c, topic, None).await;
+    assert_eq!(joined["position"], first.as_str(), "{joined}");
+
+    let (epoch, _) = first.rsplit_once('-').expect("epoch-offset");
+    store_unheard(&redis, topic, epoch, 2..=2).await;
+    let nodes = [b];
+    let resubscribes = "gateway_pubsub_resubscribes_total";
+    let before = metric(&nodes, resubscribes).await;
+    assert!(redis.client_kill("pubsub").await > 0);
+    eventually(
+        Duration::from_secs(10),
+        "B resubscribed and ready",
+        || async { metric(&nodes, resubscribes).await > before && ready(&nodes[0]).await },
+    )
+    .await;
+    assert_eq!(next_msg(&mut c, topic).await, (format!("{epoch}-2"), 2));
+    let live = publish(&a, topic, 3).await;
+    assert_eq!(next_msg(&mut c, topic).await, (live, 3));
+    nothing_more(&mut c).await;
+    assert_eq!(
+        metric(&nodes, "gateway_history_gaps_filled_total").await,
+        1.0
     );
 }
