@@ -8,7 +8,8 @@
 #   publish  one redis-server, node A (publishes, POST /api/broadcast) and node B (subscribers),
 #            so every delivery crosses Redis; a topic without history (plain:*) and one with
 #            (hist:*, history_size 100) measured in turn in the same run: RUNS repetitions at
-#            PUB_RATE/s, then one pass over STEP_RATES to find the highest rate each sustains.
+#            PUB_RATE/s, then one pass over STEP_RATES to find the highest rate each sustains
+#            (node A's gateway_pubsub_dropped_total{reason="publish_queue_full"} read around each).
 #   storm    recovery storm: STORM_N sessions on STORM_TOPICS hist:* topics disconnect, miss
 #            MISSED broadcasts per topic, rejoin with `since` (loadtest recovery); RUNS runs
 #            with the Redis store (one node + redis-server), RUNS with the memory store.
@@ -23,7 +24,7 @@ SECTION=${1:-all}
 RUNS=${2:-3}
 OUT=${3:-$ROOT/target/bench-history}
 PUB_SUBS=${PUB_SUBS:-1000}; PUB_TOPICS=${PUB_TOPICS:-100}; PUB_RATE=${PUB_RATE:-1000}
-PUB_SECS=${PUB_SECS:-10}; STEP_RATES=${STEP_RATES:-"2000 4000 8000 16000"}; STEP_SECS=${STEP_SECS:-5}
+PUB_SECS=${PUB_SECS:-10}; STEP_RATES=${STEP_RATES:-"2000 4000 8000 12000 16000 24000"}; STEP_SECS=${STEP_SECS:-5}
 STORM_N=${STORM_N:-10000}; STORM_TOPICS=${STORM_TOPICS:-10}; MISSED=${MISSED:-100}
 MEM_TOPICS=${MEM_TOPICS:-10000}; MEM_RATE=${MEM_RATE:-20000}
 mkdir -p "$OUT"
@@ -45,24 +46,29 @@ history_size = 100
 history_ttl_secs = 300
 EOF
 
+metric() { # metric PORT NAME: the sample's value from /metrics (0 when absent)
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1==n{v=$2} END{print v+0}'
+}
+
 # fanout_run TAG KIND RATE SECS: subscribers on node B, publishes to node A (globals PA PB GA GB).
 fanout_run() {
-  local tag=$1 kind=$2 rate=$3 secs=$4 r0 r1 load rc
-  r0=$(cpu_ticks "$REDIS_PID"); load=$(cut -d' ' -f1 /proc/loadavg)
+  local tag=$1 kind=$2 rate=$3 secs=$4 r0 r1 load rc q0 q1
+  local qf='gateway_pubsub_dropped_total{reason="publish_queue_full"}'
+  r0=$(cpu_ticks "$REDIS_PID"); load=$(cut -d' ' -f1 /proc/loadavg); q0=$(metric "$PA" "$qf")
   timeout 180 "$BIN/loadtest" fanout --url "ws://127.0.0.1:$PB" --publish-url "http://127.0.0.1:$PA" \
     -n "$PUB_SUBS" --topics "$PUB_TOPICS" --topic-prefix "$kind:lt" --rate 100000 --max-inflight 100 \
     --publish-rate "$rate" --duration-secs "$secs" --publishers 8 --drain-secs 5 --max-secs 60 \
     --server-pid "$GA" --server-pid "$GB" --floor-writes-per-sec "$FLOOR" \
     --json "$OUT/$tag.json" -q >"$OUT/$tag.txt" 2>"$OUT/$tag.err"
-  rc=$?; r1=$(cpu_ticks "$REDIS_PID")
-  echo "{\"redis_cpu_secs\": $(( r1 - r0 ))e-2, \"load\": $load, \"rc\": $rc, \"kind\": \"$kind\", \"rate\": $rate}" >"$OUT/$tag.extra.json"
+  rc=$?; r1=$(cpu_ticks "$REDIS_PID"); q1=$(metric "$PA" "$qf")
+  echo "{\"redis_cpu_secs\": $(( r1 - r0 ))e-2, \"load\": $load, \"rc\": $rc, \"kind\": \"$kind\", \"rate\": $rate, \"queue_full\": $(( q1 - q0 ))}" >"$OUT/$tag.extra.json"
   python3 - "$OUT/$tag.json" "$OUT/$tag.extra.json" "$tag" <<'PY'
 import json, sys
 fo = json.load(open(sys.argv[1]))["fanout"]; x = json.load(open(sys.argv[2])); L = fo["latency"]; P = fo["publish_latency"]
 print(f"{sys.argv[3]}: {x['kind']} target {x['rate']}/s achieved {fo['publish_rate']:.0f}/s ok {fo['publishes_ok']}/{fo['publishes']} "
       f"deliv/s {fo['deliveries_per_sec']:.0f} e2e p50 {L['p50_us']/1000:.2f} p99 {L['p99_us']/1000:.2f} ms "
       f"api p50 {P['p50_us']/1000:.2f} p99 {P['p99_us']/1000:.2f} ms loss {fo['loss']} dup {fo['duplicates']} "
-      f"redis cpu {x['redis_cpu_secs']:.2f} s load {x['load']} rc {x['rc']}")
+      f"redis cpu {x['redis_cpu_secs']:.2f} s; node A dropped {x['queue_full']} (publish_queue_full); load {x['load']} rc {x['rc']}")
 PY
 }
 
@@ -121,9 +127,6 @@ storm() {
   done
 }
 
-metric() { # metric PORT NAME: the sample's value from /metrics (0 when absent)
-  curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1==n{v=$2} END{print v+0}'
-}
 redis_used() { redis-cli -p "$REDIS_PORT" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p'; }
 
 # memory_fill TAG STORE KIND: fresh node, MEM_TOPICS topics x 100 publishes, readings before/after.
@@ -206,7 +209,8 @@ for p in sorted(glob.glob(f"{out}/step-*-r*.json")):
     if not m: continue
     fo = load(p)["fanout"]; rate = int(m[2])
     ok = fo["publish_rate"] >= 0.95 * rate and fo["loss"] == 0 and fo["latency"]["p99_us"] < 1_000_000
-    print(f"step {m[1]} {rate}/s: achieved {fo['publish_rate']:.0f}/s loss {fo['loss']} p99 {fo['latency']['p99_us']/1000:.1f} ms "
+    x = load(p[:-5] + ".extra.json")
+    print(f"step {m[1]} {rate}/s: achieved {fo['publish_rate']:.0f}/s loss {fo['loss']} (publish_queue_full drops on A: {x.get('queue_full', 'n/a')}) p99 {fo['latency']['p99_us']/1000:.1f} ms "
           f"api p99 {fo['publish_latency']['p99_us']/1000:.2f} ms -> {'sustained' if ok else 'NOT sustained'}")
     if ok: best[m[1]] = max(best.get(m[1], 0), rate)
 if best: print("highest sustained step (achieved >= 95 %, no loss, p99 < 1 s):", best)
