@@ -1,6 +1,6 @@
-//! Command-line interface: the scenarios (`capacity`, `fanout`, `churn`, `failover`), the
-//! `merge` tool, the kernel `floor`, and the hidden `worker` and `floor-reader` subcommands the
-//! coordinator spawns. Every flag has a bounded default.
+//! Command-line interface: the scenarios (`capacity`, `fanout`, `churn`, `failover`,
+//! `recovery`), the `merge` tool, the kernel `floor`, and the hidden `worker` and
+//! `floor-reader` subcommands the coordinator spawns. Every flag has a bounded default.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ pub enum Cmd {
     /// Sessions spread over several nodes; when a node closes them (drain, crash, or
     /// `--kill-pid`), they re-join on the next node: closures, reconnects, recovery time.
     Failover(FailoverArgs),
+    /// S sessions joined to topics with history disconnect, miss M broadcasts per topic, then
+    /// all rejoin with `since`: replay time, replayed/s, exactly-once-in-order check, CPU of
+    /// the gateways and of the history store.
+    Recovery(RecoveryArgs),
     /// Merge the JSON reports of `--shard` runs into one report.
     Merge(MergeArgs),
     /// The kernel floor: one writer writes a small message to each of N loopback connections
@@ -230,6 +234,45 @@ pub struct FailoverArgs {
     /// Delay between the end of the ramp and the kill, seconds.
     #[arg(long, default_value_t = 2)]
     pub kill_after_secs: u64,
+}
+
+/// `recovery` flags.
+#[derive(Debug, Clone, Args)]
+pub struct RecoveryArgs {
+    /// Shared flags (--topic-prefix must name a channel with history, e.g. the demo `room:`).
+    #[command(flatten)]
+    pub common: Common,
+    /// Topics to spread the sessions over.
+    #[arg(long, default_value_t = 10)]
+    pub topics: u64,
+    /// Broadcasts published per topic while the sessions are away (each must be kept: at most
+    /// the channel's `history_size`).
+    #[arg(long, default_value_t = 100)]
+    pub missed: u64,
+    /// Publishes per second while the sessions are away (over all topics).
+    #[arg(long, default_value_t = 2000.0)]
+    pub publish_rate: f64,
+    /// Concurrent publisher HTTP connections.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Padding bytes added to each probe payload.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// API key for POST /api/broadcast (Authorization: Bearer).
+    #[arg(long, env = "GATEWAY_API_KEY")]
+    pub api_key: Option<String>,
+    /// Seconds without progress after which a phase (positions, disconnects, replay) ends.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+    /// Milliseconds to keep listening after the last session completed (extras, duplicates).
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Gateway pid(s) whose CPU (/proc/<pid>/stat) is counted over the storm (repeatable).
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// History store pid(s), e.g. redis-server, whose CPU is counted over the storm.
+    #[arg(long = "store-pid")]
+    pub store_pids: Vec<u32>,
 }
 
 /// `merge` flags.

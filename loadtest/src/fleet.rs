@@ -216,6 +216,14 @@ impl Fleet {
         );
     }
 
+    /// Sends `cmd` to every worker (recovery's `disconnect` and `rejoin`).
+    pub async fn command(&mut self, cmd: &Command) -> Result<(), FleetError> {
+        for stdin in &mut self.stdins {
+            send(stdin, cmd).await?;
+        }
+        Ok(())
+    }
+
     /// Tells every worker to stop and collects the final reports (bounded by `limit`).
     pub async fn stop(mut self, limit: Duration) -> Result<Vec<WorkerStats>, FleetError> {
         for stdin in &mut self.stdins {
@@ -264,6 +272,7 @@ pub fn sum(all: &[WorkerStats]) -> WorkerStats {
         t.reconnects += s.reconnects;
         t.first_close_us = t.first_close_us.min(s.first_close_us);
         t.last_rejoin_us = t.last_rejoin_us.max(s.last_rejoin_us);
+        t.recovery.add(&s.recovery);
     }
     t
 }

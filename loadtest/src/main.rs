@@ -14,6 +14,8 @@ mod plan;
 mod plot;
 mod protocol;
 mod publisher;
+mod rejoin;
+mod replay;
 mod report;
 mod scenario;
 mod session;
@@ -105,6 +107,10 @@ async fn coordinate(cmd: Cmd) -> Result<bool, RunError> {
         Cmd::Failover(a) => {
             precheck(&a.common.fail_if)?;
             (scenario::failover::run(&a).await?, Outputs::of(&a.common))
+        }
+        Cmd::Recovery(a) => {
+            precheck(&a.common.fail_if)?;
+            (scenario::recovery::run(&a).await?, Outputs::of(&a.common))
         }
         Cmd::Merge(a) => {
             precheck(&a.fail_if)?;

@@ -4,6 +4,7 @@
 //! A worker gets one `start` with its share of the sessions, reports `progress` a few times a
 //! second, `ready` once its share is joined (or its churn cycles are done), and on `stop` (or
 //! stdin EOF) closes everything and answers with one final `report` carrying its histograms.
+//! A `recover` worker also takes `disconnect` and `rejoin` between `ready` and `stop`.
 
 use crate::stats::WorkerStats;
 use crate::target::Target;
@@ -17,6 +18,20 @@ pub enum Mode {
     Hold,
     /// Repeat connect, join, hold briefly, leave, close (churn).
     Churn,
+    /// Connect, join, note the position of the last broadcast; on `disconnect` close, on
+    /// `rejoin` join again with `since` and check the replay (recovery).
+    Recover,
+}
+
+/// Where the recovery sessions of a worker are (moved on by the coordinator's commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Joined, noting positions.
+    Joined,
+    /// Close the connection.
+    Disconnect,
+    /// Join again with `since` = the last position seen, expecting this many replayed probes.
+    Rejoin(u64),
 }
 
 /// One worker's share of the load.
@@ -73,6 +88,13 @@ pub enum Command {
     Start(Box<WorkerPlan>),
     /// Close all sessions and send the final report.
     Stop,
+    /// Recovery: close every joined session (client side).
+    Disconnect,
+    /// Recovery: rejoin every disconnected session with `since`, expecting `expect` probes.
+    Rejoin {
+        /// Probes each session must receive after rejoining.
+        expect: u64,
+    },
 }
 
 /// Worker → coordinator.
@@ -131,5 +153,7 @@ mod tests {
         );
         let stop = serde_json::to_string(&Command::Stop).unwrap();
         assert_eq!(stop, r#"{"cmd":"stop"}"#);
+        let rejoin = serde_json::to_string(&Command::Rejoin { expect: 100 }).unwrap();
+        assert_eq!(rejoin, r#"{"cmd":"rejoin","expect":100}"#);
     }
 }

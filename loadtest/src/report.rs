@@ -282,6 +282,59 @@ pub struct Failover {
     pub from_kill_secs: Option<f64>,
 }
 
+/// Recovery storm figures (`recovery`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// Topics the sessions were spread over.
+    pub topics: u64,
+    /// Broadcasts published per topic while the sessions were away.
+    pub missed_per_topic: u64,
+    /// 2xx publishes while away (of `topics × missed_per_topic`).
+    pub publishes_ok: u64,
+    /// `POST /api/broadcast` round trips while away.
+    pub publish_latency: Latency,
+    /// Sessions that learnt a position before disconnecting.
+    pub positioned: u64,
+    /// Sessions disconnected.
+    pub disconnected: u64,
+    /// Rejoins answered ok.
+    pub rejoined: u64,
+    /// Rejoins answered `recovered: true`.
+    pub recovered_true: u64,
+    /// Rejoins answered `recovered: false`.
+    pub recovered_false: u64,
+    /// Sessions that received all missed broadcasts in order.
+    pub complete: u64,
+    /// Sessions whose replay was not exactly the missed broadcasts once each in order.
+    pub inexact: u64,
+    /// positioned × missed_per_topic.
+    pub expected_replayed: u64,
+    /// Probes received after rejoining.
+    pub replayed: u64,
+    /// Probes missing at the end.
+    pub missing: u64,
+    /// Probes past the expected count (duplicates).
+    pub extra: u64,
+    /// First rejoin start to the last session complete, seconds.
+    pub storm_secs: Option<f64>,
+    /// The coordinator's `rejoin` command to the last session complete, seconds.
+    pub from_command_secs: Option<f64>,
+    /// replayed ÷ storm_secs.
+    pub replayed_per_sec: f64,
+    /// Per session: rejoin start (connect) to its last missed broadcast, µs.
+    pub session_complete: Latency,
+    /// CPU of the gateways (`--server-pid`) from the rejoin command to the last completion.
+    pub gateway_cpu_secs: Option<f64>,
+    /// CPU of the history store process (`--store-pid`, e.g. redis-server), same window.
+    pub store_cpu_secs: Option<f64>,
+    /// Increase of `gateway_history_recoveries_total{outcome="exact"}` over the storm.
+    pub metric_exact: Option<f64>,
+    /// Increase of `gateway_history_recoveries_total{outcome="not_exact"}` over the storm.
+    pub metric_not_exact: Option<f64>,
+    /// Increase of `gateway_history_replayed_total` over the storm.
+    pub metric_replayed: Option<f64>,
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -327,6 +380,9 @@ pub struct Report {
     /// Memory of servers and load generator with the sessions held (fan-out).
     #[serde(default)]
     pub memory: Option<Memory>,
+    /// Recovery storm figures.
+    #[serde(default)]
+    pub recovery: Option<Recovery>,
     /// Raw histograms.
     pub histograms: Hists,
     /// SLO gate results.

@@ -4,6 +4,7 @@
 //! Histograms hold microseconds and travel as base64 of hdrhistogram's V2 serialization, so the
 //! coordinator merges exact distributions rather than averaging percentiles.
 
+use crate::replay::{RecoveryCounts, RecoveryStats};
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
@@ -168,6 +169,8 @@ pub struct Stats {
     pub delivery: Mutex<Histogram<u64>>,
     /// Leave round trip (churn), µs.
     pub leave: Mutex<Histogram<u64>>,
+    /// Recovery scenario counters.
+    pub recovery: RecoveryStats,
 }
 
 impl Default for Stats {
@@ -191,6 +194,7 @@ impl Default for Stats {
             connect_join: Mutex::new(new_hist()),
             delivery: Mutex::new(new_hist()),
             leave: Mutex::new(new_hist()),
+            recovery: RecoveryStats::new(),
         }
     }
 }
@@ -268,6 +272,7 @@ impl Stats {
             connect_join_hist: h(&self.connect_join),
             delivery_hist: h(&self.delivery),
             leave_hist: h(&self.leave),
+            recovery: self.recovery.snapshot(),
         }
     }
 }
@@ -311,6 +316,9 @@ pub struct WorkerStats {
     pub delivery_hist: String,
     /// Base64 V2 histogram (empty in progress snapshots).
     pub leave_hist: String,
+    /// Recovery scenario counters.
+    #[serde(default)]
+    pub recovery: RecoveryCounts,
 }
 
 impl Default for WorkerStats {

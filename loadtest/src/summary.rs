@@ -179,6 +179,59 @@ impl Report {
                 ),
             );
         }
+        if let Some(r) = &self.recovery {
+            let secs = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.3} s"));
+            let opt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v}"));
+            row(
+                "missed while away",
+                format!(
+                    "{} per topic x {} topics ({} published ok)",
+                    r.missed_per_topic, r.topics, r.publishes_ok
+                ),
+            );
+            row("publish latency", lat(&r.publish_latency));
+            row(
+                "sessions",
+                format!(
+                    "{} positioned, {} disconnected, {} rejoined ({} recovered, {} not)",
+                    r.positioned, r.disconnected, r.rejoined, r.recovered_true, r.recovered_false
+                ),
+            );
+            row(
+                "replay",
+                format!(
+                    "{} of {} expected; {} sessions complete, {} inexact; missing {}, extra {}",
+                    r.replayed, r.expected_replayed, r.complete, r.inexact, r.missing, r.extra
+                ),
+            );
+            row(
+                "storm",
+                format!(
+                    "{} first rejoin -> last complete ({} from command), {:.0} replayed/s",
+                    secs(r.storm_secs),
+                    secs(r.from_command_secs),
+                    r.replayed_per_sec
+                ),
+            );
+            row("per-session complete", lat(&r.session_complete));
+            row(
+                "cpu over the storm",
+                format!(
+                    "gateway {}, store {}",
+                    secs(r.gateway_cpu_secs),
+                    secs(r.store_cpu_secs)
+                ),
+            );
+            row(
+                "gateway metrics delta",
+                format!(
+                    "recoveries exact {} not_exact {}, replayed {}",
+                    opt(r.metric_exact),
+                    opt(r.metric_not_exact),
+                    opt(r.metric_replayed)
+                ),
+            );
+        }
         row("errors", format!("{} {:?}", self.errors_total, self.errors));
         for g in &self.slo {
             let v = g.value.map_or("not measured".into(), |v| format!("{v}"));

@@ -30,6 +30,8 @@ pub struct Shared {
     pub budget: AtomicU64,
     /// Set when the ramp has started every session or lane.
     pub ramped: AtomicBool,
+    /// Recovery mode: the phase the coordinator moved the sessions to, and the rejoin gate.
+    pub recover: crate::rejoin::Recover,
 }
 
 /// Opens session `idx` on target `idx + attempt` and records the outcome: a first open counts
@@ -206,6 +208,7 @@ mod tests {
             settled: AtomicU64::new(0),
             budget: AtomicU64::new(0),
             ramped: AtomicBool::new(false),
+            recover: crate::rejoin::Recover::new(1),
         };
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let (_tx, rx) = watch::channel(false);

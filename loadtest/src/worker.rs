@@ -1,11 +1,12 @@
 //! The hidden `worker` subcommand: runs one share of the sessions on a current-thread runtime
 //! and speaks the JSON-lines protocol of `protocol.rs` with the coordinator.
 //!
-//! One task per session (hold) or per lane (churn); the ramp paces session starts at the plan's
+//! One task per session (hold, recover) or per lane (churn); the ramp paces session starts at the plan's
 //! rate and bounds connects in flight with a semaphore. Everything ends by the plan's deadline
 //! even if the coordinator goes silent.
 
-use crate::protocol::{Command, Event, Mode};
+use crate::protocol::{Command, Event, Mode, Phase};
+use crate::rejoin::{recover_session, Recover};
 use crate::stats::Stats;
 use crate::tasks::{churn_lane, hold_session, Shared};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,7 @@ pub async fn run() -> Result<(), WorkerError> {
     let shared = Arc::new(Shared {
         by_topic: (0..topics).map(|_| AtomicU64::new(0)).collect(),
         budget: AtomicU64::new(plan.cycles),
+        recover: Recover::new(plan.max_inflight),
         plan: *plan,
         stats: Stats::default(),
         settled: AtomicU64::new(0),
@@ -63,11 +65,16 @@ pub async fn run() -> Result<(), WorkerError> {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(l)) if l.trim().is_empty() => {}
-                Ok(Some(l)) => {
-                    if let Command::Stop = serde_json::from_str(&l)? {
-                        break;
+                Ok(Some(l)) => match serde_json::from_str(&l)? {
+                    Command::Stop => break,
+                    Command::Disconnect => {
+                        shared.recover.phase.send_replace(Phase::Disconnect);
                     }
-                }
+                    Command::Rejoin { expect } => {
+                        shared.recover.phase.send_replace(Phase::Rejoin(expect));
+                    }
+                    Command::Start(_) => {}
+                },
                 _ => break,
             },
             _ = ticker.tick() => {
@@ -135,6 +142,9 @@ async fn ramp(
         match plan.mode {
             Mode::Hold => tracker.spawn(async move {
                 hold_session(&sh, sh.plan.first + i, permit, st).await;
+            }),
+            Mode::Recover => tracker.spawn(async move {
+                recover_session(&sh, sh.plan.first + i, permit, st).await;
             }),
             Mode::Churn => {
                 drop(permit);

@@ -420,3 +420,43 @@ async fn failover_rejoins_sessions_of_a_drained_node_on_the_other() {
         "loadtest closed its sessions at the end"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_replays_every_missed_broadcast_once_in_order() {
+    // The demo channel room:* keeps 100 broadcasts: 200 sessions over 4 topics miss 100 each.
+    let node = start_node().await;
+    let (code, r) = loadtest(s(&[
+        "recovery",
+        "--url",
+        &node.url,
+        "-n",
+        "200",
+        "--topics",
+        "4",
+        "--missed",
+        "100",
+        "--settle-ms",
+        "300",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    let rc = &r["recovery"];
+    assert_eq!(u(&r["sessions_joined"]), 200);
+    assert_eq!(u(&rc["publishes_ok"]), 400);
+    for k in [
+        "positioned",
+        "disconnected",
+        "rejoined",
+        "recovered_true",
+        "complete",
+    ] {
+        assert_eq!(u(&rc[k]), 200, "{k}: {rc}");
+    }
+    for k in ["recovered_false", "inexact", "missing", "extra"] {
+        assert_eq!(u(&rc[k]), 0, "{k}: {rc}");
+    }
+    assert_eq!(u(&rc["replayed"]), 20_000);
+    assert_eq!(rc["metric_exact"].as_f64(), Some(200.0));
+    assert_eq!(rc["metric_replayed"].as_f64(), Some(20_000.0));
+    assert!(rc["storm_secs"].as_f64().unwrap() > 0.0);
+}

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod churn;
 pub mod failover;
 pub mod fanout;
+pub mod recovery;
 
 use crate::cli::Common;
 use crate::fleet::{self, Fleet, FleetError};
@@ -40,6 +41,9 @@ pub enum RunError {
     /// Bad `--fail-if`.
     #[error(transparent)]
     Slo(#[from] crate::slo::SloError),
+    /// The flags ask for something the scenario cannot do.
+    #[error("{0}")]
+    Usage(&'static str),
     /// `merge` got reports of different scenarios.
     #[error("cannot merge {0} with {1}")]
     Mismatch(String, String),
