@@ -32,9 +32,31 @@ IDLE=${IDLE:-900}                # gateway --idle-timeout-secs (must exceed HB)
 HOLD=${HOLD:-30}                 # hold before the memory reading and the broadcast, s
 MIN_AVAIL_MB=${MIN_AVAIL_MB:-1500}
 CONNTRACK=${CONNTRACK:-notrack}  # notrack: loopback bypasses connection tracking during the run; keep
+EHASH=${EHASH:-2097152}          # TCP established-hash buckets of the run's network namespace; 0 = host's
 BUILD=${BUILD:-1}
 mkdir -p "$OUT"
 require_clean
+
+# The kernel finds the socket of every incoming TCP segment in the established hash, sized at
+# boot (262,144 buckets here): 2M sockets make chains of 8, and that lookup became the hottest
+# symbol of the million broadcast (BENCHMARKS §9). A network namespace created while
+# net.ipv4.tcp_child_ehash_entries is set gets its own table of that size, so with EHASH > 0
+# the whole run (redis, nodes, load generator, floor) re-runs itself in a fresh namespace with
+# EHASH buckets (one socket per bucket at 1M sessions; 16 MiB), its loopback up, and deletes it
+# afterwards. The host's setting is restored at once; nothing else changes for other users.
+if [ "$EHASH" != 0 ] && [ -z "${MILLION_NETNS:-}" ]; then
+  ns="million-$$"
+  old=$(sysctl -n net.ipv4.tcp_child_ehash_entries) || exit 1
+  sysctl -qw net.ipv4.tcp_child_ehash_entries="$EHASH" || exit 1
+  ip netns add "$ns"; made=$?
+  sysctl -qw net.ipv4.tcp_child_ehash_entries="$old"
+  [ "$made" = 0 ] || exit 1
+  ip netns exec "$ns" ip link set lo up
+  echo "network namespace $ns: $(ip netns exec "$ns" sysctl net.ipv4.tcp_ehash_entries)"
+  MILLION_NETNS="$ns" ip netns exec "$ns" bash "$0" "$@"; rc=$?
+  ip netns del "$ns"
+  exit "$rc"
+fi
 LT_PID=
 SAMPLER_PID=
 NOTRACKED=
