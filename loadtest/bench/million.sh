@@ -36,6 +36,14 @@ EHASH=${EHASH:-2097152}          # TCP established-hash buckets of the run's net
 BUILD=${BUILD:-1}
 mkdir -p "$OUT"
 require_clean
+# net.ipv4.tcp_mem (pages): the broadcast queues ~1M small frames at once in socket buffers.
+# Machine-wide and not visible inside a network namespace, so raised before entering one.
+raise_tcp_mem() {
+  local m0 m1 m2
+  read -r m0 m1 m2 < <(sysctl -n net.ipv4.tcp_mem 2>/dev/null) || return 0
+  [ "$m2" -lt 2097152 ] && sysctl -qw net.ipv4.tcp_mem="1048576 1572864 2097152"   # 4/6/8 GiB
+  return 0
+}
 
 # The kernel finds the socket of every incoming TCP segment in the established hash, sized at
 # boot (262,144 buckets here): 2M sockets make chains of 8, and that lookup became the hottest
@@ -46,6 +54,7 @@ require_clean
 # afterwards. The host's setting is restored at once; nothing else changes for other users.
 if [ "$EHASH" != 0 ] && [ -z "${MILLION_NETNS:-}" ]; then
   ns="million-$$"
+  raise_tcp_mem
   old=$(sysctl -n net.ipv4.tcp_child_ehash_entries) || exit 1
   sysctl -qw net.ipv4.tcp_child_ehash_entries="$EHASH" || exit 1
   ip netns add "$ns"; made=$?
@@ -109,8 +118,7 @@ for k in "${!WANT[@]}"; do
   cur=$(sysctl -n "$k" 2>/dev/null) || continue
   [ "$cur" -lt "${WANT[$k]}" ] && sysctl -qw "$k=${WANT[$k]}"
 done
-read -r m0 m1 m2 < <(sysctl -n net.ipv4.tcp_mem)
-[ "$m2" -lt 2097152 ] && sysctl -qw net.ipv4.tcp_mem="1048576 1572864 2097152"   # 4/6/8 GiB
+raise_tcp_mem
 {
   echo "# after"
   for k in fs.file-max net.ipv4.tcp_max_syn_backlog net.netfilter.nf_conntrack_max \
