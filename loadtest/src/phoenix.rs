@@ -1,7 +1,9 @@
 //! Phoenix V2 JSON messages as the load generator sends and reads them (protocol reference §2.1).
 //!
 //! Outbound frames are formatted directly as text; inbound frames are decoded just far enough to
-//! route them: replies by `ref`, and the `seq`/`ts` probe inside fan-out broadcast payloads.
+//! route them: replies by `ref` (with the `recovered` flag a join with `since` gets back), and
+//! the `seq`/`ts` probe inside fan-out broadcast payloads with the position in its `ref` slot
+//! (borrowed: nothing is allocated per probe).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -46,13 +48,15 @@ pub fn probe_body(topic: &str, seq: u64, ts_us: u64, pad: &str) -> String {
 
 /// What the client needs to know about one server message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
+pub enum Inbound<'a> {
     /// `phx_reply` to the message with this ref; `ok` is `status == "ok"`.
     Reply {
         /// The echoed ref, parsed as the client's numeric counter (None if not numeric).
         msg_ref: Option<u32>,
         /// Whether the status was `ok`.
         ok: bool,
+        /// The response's `recovered` field, when present (a join on a topic with history).
+        recovered: Option<bool>,
     },
     /// A fan-out probe broadcast.
     Probe {
@@ -60,6 +64,8 @@ pub enum Inbound {
         seq: u64,
         /// Publisher send time, microseconds since the Unix epoch.
         ts_us: u64,
+        /// The `ref` slot: the broadcast's position on a topic with history.
+        position: Option<Cow<'a, str>>,
     },
     /// `phx_close` / `phx_error`: the channel is gone.
     ChannelClosed,
@@ -87,6 +93,16 @@ struct ReplyPayload<'a> {
     /// `ok` / `error` / anything.
     #[serde(borrow)]
     status: Cow<'a, str>,
+    /// The response, read only for `recovered`.
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+}
+
+/// The one response field the load generator reads (other fields ignored).
+#[derive(Deserialize)]
+struct Recovered {
+    /// Whether a join with `since` recovered exactly.
+    recovered: Option<bool>,
 }
 
 /// Probe payload shape (other fields ignored).
@@ -99,7 +115,7 @@ struct ProbePayload {
 }
 
 /// Decodes one V2 JSON text frame.
-pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
+pub fn decode(text: &[u8]) -> Result<Inbound<'_>, DecodeError> {
     let (_jr, msg_ref, _topic, event, payload): Wire<'_> = serde_json::from_slice(text)?;
     Ok(match event.as_ref() {
         "phx_reply" => {
@@ -107,6 +123,10 @@ pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
             Inbound::Reply {
                 msg_ref: msg_ref.and_then(|r| r.parse().ok()),
                 ok: p.status == "ok",
+                recovered: p
+                    .response
+                    .and_then(|r| serde_json::from_str::<Recovered>(r.get()).ok())
+                    .and_then(|r| r.recovered),
             }
         }
         PROBE_EVENT => {
@@ -114,6 +134,7 @@ pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
             Inbound::Probe {
                 seq: p.seq,
                 ts_us: p.ts,
+                position: msg_ref,
             }
         }
         "phx_close" | "phx_error" => Inbound::ChannelClosed,
@@ -150,7 +171,8 @@ mod tests {
             r,
             Inbound::Reply {
                 msg_ref: Some(3),
-                ok: true
+                ok: true,
+                recovered: None
             }
         );
         let r = decode(br#"[null,"7","nope:1","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#).unwrap();
@@ -158,11 +180,19 @@ mod tests {
             r,
             Inbound::Reply {
                 msg_ref: Some(7),
-                ok: false
+                ok: false,
+                recovered: None
             }
         );
         let p = decode(br#"[null,null,"room:1","lt_probe",{"seq":4,"ts":123,"pad":""}]"#).unwrap();
-        assert_eq!(p, Inbound::Probe { seq: 4, ts_us: 123 });
+        assert_eq!(
+            p,
+            Inbound::Probe {
+                seq: 4,
+                ts_us: 123,
+                position: None
+            }
+        );
         let c = decode(br#"["3","3","room:lobby","phx_close",{}]"#).unwrap();
         assert_eq!(c, Inbound::ChannelClosed);
         assert_eq!(

@@ -9,6 +9,7 @@
 //! broadcast (its position) and the join reply's `recovered` matter. Rejoins are bounded in
 //! flight by the worker's share of `--max-inflight`, as the first joins were.
 
+use crate::phoenix;
 use crate::protocol::Phase;
 use crate::replay::{self, Msg, Position, ReplayCheck, Step};
 use crate::session::now_us;
@@ -248,7 +249,11 @@ impl Conn {
             at += f.len;
             match f.opcode {
                 opcode::TEXT if f.fin => {
-                    out.push(replay::decode(payload).map_err(|_| ErrorKind::Protocol)?);
+                    out.push(
+                        phoenix::decode(payload)
+                            .map_err(|_| ErrorKind::Protocol)?
+                            .into(),
+                    );
                 }
                 opcode::PING => {
                     let _ = self

@@ -7,8 +7,8 @@
 //! offset + 1, starting from S); anything past the expected count is an extra (a duplicate).
 //! The counters travel from workers to the coordinator inside [`crate::stats::WorkerStats`].
 
+use crate::phoenix::Inbound;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -227,7 +227,7 @@ impl RecoveryCounts {
     }
 }
 
-/// One server message as the recovery session needs it.
+/// One server message as the recovery session keeps it (owned: it outlives the read buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     /// `phx_reply` to the message with this ref.
@@ -252,59 +252,26 @@ pub enum Msg {
     Other,
 }
 
-/// Why a frame could not be decoded.
-#[derive(Debug, thiserror::Error)]
-#[error("undecodable phoenix message: {0}")]
-pub struct MsgError(#[from] serde_json::Error);
-
-/// The V2 array, borrowing what it can.
-type Wire<'a> = (
-    Option<Cow<'a, str>>,
-    Option<Cow<'a, str>>,
-    Cow<'a, str>,
-    Cow<'a, str>,
-    &'a RawValue,
-);
-
-/// Reply payload shape.
-#[derive(Deserialize)]
-struct ReplyPayload {
-    /// `ok` / `error`.
-    status: String,
-    /// The response (any JSON).
-    #[serde(default)]
-    response: serde_json::Value,
-}
-
-/// Probe payload shape (other fields ignored).
-#[derive(Deserialize)]
-struct ProbePayload {
-    /// Sequence number.
-    seq: u64,
-}
-
-/// Decodes one V2 JSON text frame.
-pub fn decode(text: &[u8]) -> Result<Msg, MsgError> {
-    let (_jr, msg_ref, _topic, event, payload): Wire<'_> = serde_json::from_slice(text)?;
-    Ok(match event.as_ref() {
-        "phx_reply" => {
-            let p: ReplyPayload = serde_json::from_str(payload.get())?;
-            Msg::Reply {
-                msg_ref: msg_ref.and_then(|r| r.parse().ok()),
-                ok: p.status == "ok",
-                recovered: p.response.get("recovered").and_then(|v| v.as_bool()),
-            }
+impl From<Inbound<'_>> for Msg {
+    fn from(m: Inbound<'_>) -> Msg {
+        match m {
+            Inbound::Reply {
+                msg_ref,
+                ok,
+                recovered,
+            } => Msg::Reply {
+                msg_ref,
+                ok,
+                recovered,
+            },
+            Inbound::Probe { seq, position, .. } => Msg::Probe {
+                seq,
+                position: position.map(Cow::into_owned),
+            },
+            Inbound::ChannelClosed => Msg::ChannelClosed,
+            Inbound::Other => Msg::Other,
         }
-        crate::phoenix::PROBE_EVENT => {
-            let p: ProbePayload = serde_json::from_str(payload.get())?;
-            Msg::Probe {
-                seq: p.seq,
-                position: msg_ref.map(Cow::into_owned),
-            }
-        }
-        "phx_close" | "phx_error" => Msg::ChannelClosed,
-        _ => Msg::Other,
-    })
+    }
 }
 
 /// `["1","1",topic,"phx_join",{"since":position}]` (payload `{}` without a position).
@@ -370,6 +337,7 @@ mod tests {
 
     #[test]
     fn decodes_positioned_probes_and_recovered_replies() {
+        let decode = |text: &[u8]| crate::phoenix::decode(text).map(Msg::from);
         let m =
             decode(br#"[null,"e1-5","hist:lt0","lt_probe",{"seq":3,"ts":1,"pad":""}]"#).unwrap();
         assert_eq!(

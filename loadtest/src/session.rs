@@ -268,7 +268,7 @@ impl Session {
     /// Routes one decoded Phoenix message.
     fn message(&mut self, text: &[u8], stats: &Stats) -> Result<(), ErrorKind> {
         match phoenix::decode(text).map_err(|_| ErrorKind::Protocol)? {
-            Inbound::Reply { msg_ref, ok } => {
+            Inbound::Reply { msg_ref, ok, .. } => {
                 if msg_ref.is_some() && msg_ref == self.hb_pending {
                     self.hb_pending = None;
                 } else if let Some((want, result)) = &mut self.awaited {
@@ -277,7 +277,7 @@ impl Session {
                     }
                 }
             }
-            Inbound::Probe { seq, ts_us } => {
+            Inbound::Probe { seq, ts_us, .. } => {
                 let now = now_us();
                 let fresh = self.mark_seen(seq);
                 stats.delivered(now, now.saturating_sub(ts_us), fresh);
