@@ -99,9 +99,7 @@ impl Session {
 
     /// Sends one text frame.
     async fn send(&mut self, text: &str) -> Result<(), ErrorKind> {
-        let frame = ws::encode_frame(opcode::TEXT, text.as_bytes());
-        self.stream
-            .write_all(&frame)
+        ws::send_text(&mut self.stream, text)
             .await
             .map_err(|_| ErrorKind::Closed)
     }

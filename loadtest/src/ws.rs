@@ -151,6 +151,13 @@ pub fn encode_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Writes `text` as one final, masked text frame.
+pub async fn send_text(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
+    stream
+        .write_all(&encode_frame(opcode::TEXT, text.as_bytes()))
+        .await
+}
+
 /// A close frame carrying `code` (no reason text).
 pub fn close_frame(code: u16) -> Vec<u8> {
     encode_frame(opcode::CLOSE, &code.to_be_bytes())
