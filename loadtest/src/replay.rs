@@ -2,9 +2,11 @@
 //! `ref` slot of a broadcast on a topic with history), the join reply's `recovered` flag, and
 //! whether the broadcasts replayed after a join with `since` came exactly once and in order.
 //!
-//! [`ReplayCheck`] is the pure part: after a rejoin with `since = S`, the k-th probe (0-based)
-//! must carry sequence number k and the position right after the previous one (same epoch,
-//! offset + 1, starting from S); anything past the expected count is an extra (a duplicate).
+//! [`ReplayCheck`] is the pure part: after a rejoin with `since = S`, every probe must carry the
+//! position right after the previous one (same epoch, offset + 1, starting from S) and a sequence
+//! number not seen before below the expected count; anything past that count is an extra (a
+//! duplicate). The order checked is the store's, not the sequence numbers': publishes to one
+//! topic from two publisher connections may reach the gateway in either order.
 //! The counters travel from workers to the coordinator inside [`crate::stats::WorkerStats`].
 
 use crate::phoenix::Inbound;
@@ -57,6 +59,8 @@ pub struct ReplayCheck {
     got: u64,
     /// Position of the last accepted probe (initially `since`).
     last: Position,
+    /// Sequence numbers seen, one bit each below `expect`.
+    seen: Vec<u64>,
     /// Probes received past the expected count.
     extra: u64,
     /// Probes out of sequence or position.
@@ -70,19 +74,27 @@ impl ReplayCheck {
             expect,
             got: 0,
             last: since,
+            seen: vec![0; expect.div_ceil(64) as usize],
             extra: 0,
             violations: 0,
         }
     }
 
-    /// Feeds one received probe: its sequence number and the position in its `ref` slot.
+    /// Feeds one received probe: its sequence number (which broadcast it is) and the position in
+    /// its `ref` slot (where the store put it).
     pub fn push(&mut self, seq: u64, position: Option<&str>) -> Step {
         if self.got >= self.expect {
             self.extra += 1;
             return Step::Extra;
         }
         let pos = position.and_then(Position::parse);
-        let in_order = seq == self.got
+        let first_time = seq < self.expect && {
+            let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+            let fresh = self.seen[word] & bit == 0;
+            self.seen[word] |= bit;
+            fresh
+        };
+        let in_order = first_time
             && pos.as_ref().is_some_and(|p| {
                 p.epoch == self.last.epoch && p.offset == self.last.offset.wrapping_add(1)
             });
@@ -328,11 +340,27 @@ mod tests {
         assert_eq!(c.push(0, Some("other-8")), Step::Violation);
         let mut c = ReplayCheck::new(since(), 2);
         assert_eq!(c.push(0, None), Step::Violation);
-        // Reordered.
+        // Reordered positions.
         let mut c = ReplayCheck::new(since(), 2);
         assert_eq!(c.push(1, Some("ep-9")), Step::Violation);
         assert_eq!(c.push(0, Some("ep-8")), Step::Violation);
         assert!(!c.exact());
+        // One broadcast twice under two positions, or a sequence number never published.
+        let mut c = ReplayCheck::new(since(), 3);
+        assert_eq!(c.push(1, Some("ep-8")), Step::Ok);
+        assert_eq!(c.push(1, Some("ep-9")), Step::Violation);
+        let mut c = ReplayCheck::new(since(), 2);
+        assert_eq!(c.push(5, Some("ep-8")), Step::Violation);
+    }
+
+    #[test]
+    fn publishes_stored_in_another_order_than_numbered_are_exact() {
+        // Two publisher connections: seq 1 reached the store before seq 0.
+        let mut c = ReplayCheck::new(since(), 3);
+        assert_eq!(c.push(1, Some("ep-8")), Step::Ok);
+        assert_eq!(c.push(0, Some("ep-9")), Step::Ok);
+        assert_eq!(c.push(2, Some("ep-10")), Step::Complete);
+        assert!(c.exact());
     }
 
     #[test]
