@@ -185,11 +185,15 @@ impl Registry {
 
     /// Close every session idle for at least `idle_secs` seconds; returns how many.
     pub fn sweep_idle(&self, idle_secs: u32, close: Close) -> usize {
+        // The clock is read once per sweep, not once per session (a node walks all its
+        // sessions every few seconds).
+        let now = self.clock.now();
         let mut n = 0;
         for i in 0..SHARDS {
             let shard = self.shard(i as u64);
             for h in shard.values() {
-                if h.transport == TransportKind::WebSocket && h.idle_secs(&self.clock) >= idle_secs
+                let seen = h.last_seen.load(Ordering::Relaxed);
+                if h.transport == TransportKind::WebSocket && now.saturating_sub(seen) >= idle_secs
                 {
                     h.close(close);
                     n += 1;

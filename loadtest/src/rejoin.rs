@@ -219,10 +219,10 @@ impl Conn {
     fn pass(&mut self, out: &mut Vec<Msg>) -> Result<bool, ErrorKind> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            let n = match self.stream.try_read(&mut chunk) {
-                Ok(0) => return Ok(false),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+            let (n, drained) = match ws::read_some(&self.stream, &mut chunk) {
+                Ok(ws::Read::Eof) => return Ok(false),
+                Ok(ws::Read::More(n)) => (n, false),
+                Ok(ws::Read::Drained(n)) => (n, true),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return Ok(false),
             };
@@ -235,6 +235,9 @@ impl Conn {
             }
             if closed {
                 return Ok(false);
+            }
+            if drained {
+                return Ok(true);
             }
         }
     }

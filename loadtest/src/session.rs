@@ -145,7 +145,10 @@ impl Session {
         stats: &Stats,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), ErrorKind> {
-        let mut next_hb = Instant::now() + heartbeat;
+        // One timer for the whole hold, reset when it fires: a fresh `sleep_until` per loop
+        // would insert into and remove from the timer wheel on every received frame.
+        let next_hb = sleep_until(Instant::now() + heartbeat);
+        tokio::pin!(next_hb);
         loop {
             if *stop.borrow() {
                 return Ok(());
@@ -157,7 +160,7 @@ impl Session {
                         return Err(ErrorKind::Closed);
                     }
                 }
-                _ = sleep_until(next_hb) => {
+                _ = &mut next_hb => {
                     if self.hb_pending.is_some() {
                         stats.error(ErrorKind::HeartbeatTimeout);
                     }
@@ -165,7 +168,7 @@ impl Session {
                     self.hb_pending = Some(r);
                     stats.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.send(&phoenix::heartbeat(r)).await?;
-                    next_hb = Instant::now() + heartbeat;
+                    next_hb.as_mut().reset(Instant::now() + heartbeat);
                 }
                 r = stop.changed() => {
                     if r.is_err() {
@@ -212,10 +215,10 @@ impl Session {
     fn pass(&mut self, stats: &Stats) -> Result<Pass, ErrorKind> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            let n = match self.stream.try_read(&mut chunk) {
-                Ok(0) => return Ok(Pass::Closed),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Pass::Open),
+            let (n, drained) = match ws::read_some(&self.stream, &mut chunk) {
+                Ok(ws::Read::Eof) => return Ok(Pass::Closed),
+                Ok(ws::Read::More(n)) => (n, false),
+                Ok(ws::Read::Drained(n)) => (n, true),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return Ok(Pass::Closed),
             };
@@ -235,6 +238,9 @@ impl Session {
             };
             if closed {
                 return Ok(Pass::Closed);
+            }
+            if drained {
+                return Ok(Pass::Open);
             }
         }
     }

@@ -158,6 +158,38 @@ pub async fn send_text(stream: &mut TcpStream, text: &str) -> std::io::Result<()
         .await
 }
 
+/// What one [`read_some`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// `n` bytes; more may be waiting (the buffer was filled).
+    More(usize),
+    /// `n` bytes (possibly 0) and the socket is drained: wait for readiness before reading again.
+    Drained(usize),
+    /// End of stream.
+    Eof,
+}
+
+/// One non-blocking read into `buf`. A short read means the socket is drained, so readiness is
+/// cleared right away (as tokio's own `poll_read` does) instead of by a second read that would
+/// only fail with `WouldBlock`: that saves one system call per received burst.
+pub fn read_some(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<Read> {
+    let mut got = 0;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        got = stream.try_read(buf)?;
+        if got > 0 && got < buf.len() {
+            // Makes try_io clear the readiness it observed (a newer event is kept).
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) if got == 0 => Ok(Read::Eof),
+        Ok(()) => Ok(Read::More(got)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Read::Drained(got)),
+        Err(e) => Err(e),
+    }
+}
+
 /// A close frame carrying `code` (no reason text).
 pub fn close_frame(code: u16) -> Vec<u8> {
     encode_frame(opcode::CLOSE, &code.to_be_bytes())

@@ -14,7 +14,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::edge::Edge;
@@ -219,14 +219,29 @@ impl Conn {
         let buf = self
             .rbuf
             .get_or_insert_with(|| BytesMut::with_capacity(4096));
-        match self.stream.try_read_buf(buf) {
-            Ok(0) => return Ok(Step::Eof),
-            Ok(_) => {}
+        let room = buf.capacity() - buf.len();
+        let stream = &self.stream;
+        let mut got = 0;
+        // A read shorter than the room left means the socket is drained: readiness is cleared
+        // right away (as tokio's own `poll_read` does; a newer event is kept), which saves the
+        // second read per incoming message that would only fail with `WouldBlock`.
+        let read = stream.try_io(Interest::READABLE, || {
+            got = stream.try_read_buf(buf)?;
+            if got > 0 && got < room {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match read {
+            Ok(()) if got == 0 => return Ok(Step::Eof),
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if buf.is_empty() {
-                    self.rbuf = None;
+                if got == 0 {
+                    if buf.is_empty() {
+                        self.rbuf = None;
+                    }
+                    return Ok(Step::Continue);
                 }
-                return Ok(Step::Continue);
             }
             Err(e) => return Err(e),
         }
