@@ -72,6 +72,10 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Set by a push or close request, cleared by the consumer when it wakes.
     signalled: AtomicBool,
+    /// The consumer is awake (its last wait returned ready and it has not waited since), so it
+    /// will see `signalled` before it sleeps: a push then skips the wake-up. Replies pushed by
+    /// the session's own task (a heartbeat's) would otherwise schedule it once more for nothing.
+    awake: AtomicBool,
     /// The consumer's waker. An `AtomicWaker` rather than a `Notify`: it is smaller and needs
     /// no waiter storage in the consumer's future, which matters at a million idle sessions.
     waker: AtomicWaker,
@@ -121,17 +125,24 @@ impl Outbox {
     }
 
     fn signal(&self) {
-        self.signalled.store(true, Ordering::Release);
-        self.waker.wake();
+        // SeqCst pairs with `poll_wait`: either the consumer going to sleep sees `signalled`, or
+        // this sees it asleep and wakes it.
+        self.signalled.store(true, Ordering::SeqCst);
+        if !self.awake.load(Ordering::SeqCst) {
+            self.waker.wake();
+        }
     }
 
     /// Ready once something was pushed or a close requested since the last ready.
     pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.signalled.swap(false, Ordering::AcqRel) {
+            self.awake.store(true, Ordering::SeqCst);
             return Poll::Ready(());
         }
         self.waker.register(cx.waker());
-        if self.signalled.swap(false, Ordering::AcqRel) {
+        self.awake.store(false, Ordering::SeqCst);
+        if self.signalled.swap(false, Ordering::SeqCst) {
+            self.awake.store(true, Ordering::SeqCst);
             return Poll::Ready(());
         }
         Poll::Pending
@@ -195,6 +206,40 @@ mod tests {
             Some(CloseCode::SLOW_CONSUMER)
         );
         assert!(q.is_empty());
+    }
+
+    /// Counts wake-ups of the waker it makes.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_awake_consumer_is_not_woken_again_and_a_sleeping_one_is() {
+        let o = Outbox::default();
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let frame = || OutItem::Frame(Bytes::from_static(b"a"));
+        assert!(o.poll_wait(&mut cx).is_pending());
+        // Asleep: a push wakes it, and its next wait is ready.
+        o.push(frame(), LIMITS);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(o.poll_wait(&mut cx).is_ready());
+        // Awake (a reply pushed by its own task): no wake-up, but the wait is still ready.
+        let mut q = VecDeque::new();
+        o.take(&mut q);
+        o.push(frame(), LIMITS);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(o.poll_wait(&mut cx).is_ready());
+        // Nothing new: it sleeps, and a close request wakes it.
+        assert!(o.poll_wait(&mut cx).is_pending());
+        o.close(Close::new(CloseCode::RESTART, "drain"));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert!(o.poll_wait(&mut cx).is_ready());
     }
 
     #[test]
