@@ -9,14 +9,16 @@
 # Each commit is checked out as a detached git worktree under OUT (removed on exit) and built
 # in release into AB_TARGET (default OUT/target; first seeded from this checkout's
 # target/release so dependencies are not rebuilt). RATES (default "16 32") are the §3 publish
-# rates. Prints each side's medians, then NEW ÷ OLD per figure (median of the same-run ratios).
+# rates. BCAST=K (default 0) adds, per run and side, K single broadcasts to N subscribers on a
+# fresh node (issue 17 goal 2: full delivery ÷ the run's floor, CPU per delivery of each side).
+# Prints each side's medians, then NEW ÷ OLD per figure (median of the same-run ratios).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 [ $# -ge 2 ] || { echo "usage: $0 OLD NEW [RUNS] [OUT]" >&2; exit 2; }
 OLD=$(git -C "$ROOT" rev-parse --short "$1") || exit 2
 NEW=$(git -C "$ROOT" rev-parse --short "$2") || exit 2
 RUNS=${3:-3}; OUT=${4:-$ROOT/target/bench-ab}
-N=${N:-15000}; RATES=${RATES:-"16 32"}
+N=${N:-15000}; RATES=${RATES:-"16 32"}; BCAST=${BCAST:-0}
 AB_TARGET=${AB_TARGET:-$OUT/target}
 mkdir -p "$OUT"
 WTS=()
@@ -63,6 +65,14 @@ for i in $(seq "$RUNS"); do
         --json "$OUT/$side-fanout-r$R-$i.json" -q >"$OUT/$side-fanout-r$R-$i.txt" || exit 1
       stop_pid "$NODE_PID"
     done
+    for b in $(seq "$BCAST"); do
+      GATEWAY="$OUT/$side/gateway" start_node "$side-bcast-$i-$b" || exit 1
+      "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
+        --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
+        --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
+        --json "$OUT/$side-bcast-$i-$b.json" -q >"$OUT/$side-bcast-$i-$b.txt" || exit 1
+      stop_pid "$NODE_PID"
+    done
   done
   echo "run $i done; load $(cut -d' ' -f1-3 /proc/loadavg)"
 done
@@ -71,9 +81,9 @@ for side in old new; do
   rev=$OLD; [ "$side" = new ] && rev=$NEW
   echo "=== $side ($rev)"; python3 "$ROOT/loadtest/bench/summarize.py" "$OUT" "$side-"
 done
-python3 - "$OUT" "$RUNS" "$RATES" <<'PY'
+python3 - "$OUT" "$RUNS" "$RATES" "$BCAST" <<'PY'
 import json, statistics, sys
-out, runs, rates = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
+out, runs, rates, bcast = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
 load = lambda n: json.load(open(f"{out}/{n}"))
 def compare(label, get):
     old = [get("old", i) for i in range(1, runs + 1)]
@@ -87,4 +97,11 @@ compare("connect+join/s", lambda s, i: load(f"{s}-capacity-{i}.json")["connect_j
 for r in rates:
     compare(f"fan-out {r}/s deliveries/s", lambda s, i: load(f"{s}-fanout-r{r}-{i}.json")["fanout"]["deliveries_per_sec"])
     compare(f"fan-out {r}/s p99 ms", lambda s, i: load(f"{s}-fanout-r{r}-{i}.json")["fanout"]["latency"]["p99_us"] / 1000)
+if bcast:
+    # per run, the median over its K broadcasts
+    per = lambda key: lambda s, i: statistics.median(
+        load(f"{s}-bcast-{i}-{b}.json")["fanout"][key] for b in range(1, bcast + 1))
+    compare("one broadcast: full delivery ÷ floor", per("full_delivery_to_floor"))
+    compare("one broadcast: gateway CPU µs/delivery", per("gateway_cpu_us_per_delivery"))
+    compare("one broadcast: load generator CPU µs/delivery", per("loadgen_cpu_us_per_delivery"))
 PY
