@@ -51,13 +51,6 @@ impl SessionHandle {
         self.last_seen.store(clock.now(), Ordering::Relaxed);
     }
 
-    /// Seconds since data last arrived.
-    pub fn idle_secs(&self, clock: &Clock) -> u32 {
-        clock
-            .now()
-            .saturating_sub(self.last_seen.load(Ordering::Relaxed))
-    }
-
     /// Ask the session to close.
     pub fn close(&self, close: Close) {
         self.outbox.close(close);
