@@ -10,7 +10,10 @@
 # in release into AB_TARGET (default OUT/target; first seeded from this checkout's
 # target/release so dependencies are not rebuilt). RATES (default "16 32") are the §3 publish
 # rates. BCAST=K (default 0) adds, per run and side, K single broadcasts to N subscribers on a
-# fresh node (issue 17 goal 2: full delivery ÷ the run's floor, CPU per delivery of each side).
+# fresh node (issue 17 goal 2: full delivery ÷ the run's floor, CPU per delivery of each side);
+# a broadcast with loss (e.g. packets dropped by a full conntrack table) has no full delivery and
+# is counted, not compared. HBEAT=S (default 0) adds a hold of S seconds of N sessions sending a
+# heartbeat every second: the gateway's CPU per heartbeat (read, reply, write).
 # Prints each side's medians, then NEW ÷ OLD per figure (median of the same-run ratios).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -18,7 +21,7 @@ set -uo pipefail
 OLD=$(git -C "$ROOT" rev-parse --short "$1") || exit 2
 NEW=$(git -C "$ROOT" rev-parse --short "$2") || exit 2
 RUNS=${3:-3}; OUT=${4:-$ROOT/target/bench-ab}
-N=${N:-15000}; RATES=${RATES:-"16 32"}; BCAST=${BCAST:-0}
+N=${N:-15000}; RATES=${RATES-"16 32"}; BCAST=${BCAST:-0}; HBEAT=${HBEAT:-0}
 AB_TARGET=${AB_TARGET:-$OUT/target}
 mkdir -p "$OUT"
 WTS=()
@@ -65,6 +68,13 @@ for i in $(seq "$RUNS"); do
         --json "$OUT/$side-fanout-r$R-$i.json" -q >"$OUT/$side-fanout-r$R-$i.txt" || exit 1
       stop_pid "$NODE_PID"
     done
+    if [ "$HBEAT" -gt 0 ]; then
+      GATEWAY="$OUT/$side/gateway" start_node "$side-hb-$i" || exit 1
+      "$BIN/loadtest" capacity --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --rate 100000 --max-inflight 100 \
+        --hold-secs "$HBEAT" --heartbeat-secs 1 --server-pid "$NODE_PID" \
+        --json "$OUT/$side-hb-$i.json" -q >"$OUT/$side-hb-$i.txt" || exit 1
+      stop_pid "$NODE_PID"
+    fi
     for b in $(seq "$BCAST"); do
       GATEWAY="$OUT/$side/gateway" start_node "$side-bcast-$i-$b" || exit 1
       "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
@@ -81,9 +91,9 @@ for side in old new; do
   rev=$OLD; [ "$side" = new ] && rev=$NEW
   echo "=== $side ($rev)"; python3 "$ROOT/loadtest/bench/summarize.py" "$OUT" "$side-"
 done
-python3 - "$OUT" "$RUNS" "$RATES" "$BCAST" <<'PY'
+python3 - "$OUT" "$RUNS" "$RATES" "$BCAST" "$HBEAT" <<'PY'
 import json, statistics, sys
-out, runs, rates, bcast = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
+out, runs, rates, bcast, hbeat = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])
 load = lambda n: json.load(open(f"{out}/{n}"))
 def compare(label, get):
     old = [get("old", i) for i in range(1, runs + 1)]
@@ -97,10 +107,21 @@ compare("connect+join/s", lambda s, i: load(f"{s}-capacity-{i}.json")["connect_j
 for r in rates:
     compare(f"fan-out {r}/s deliveries/s", lambda s, i: load(f"{s}-fanout-r{r}-{i}.json")["fanout"]["deliveries_per_sec"])
     compare(f"fan-out {r}/s p99 ms", lambda s, i: load(f"{s}-fanout-r{r}-{i}.json")["fanout"]["latency"]["p99_us"] / 1000)
+if hbeat:
+    # the gateway's CPU over the hold ÷ the heartbeats the sessions sent (nearly all in the hold)
+    hb = lambda s, i: load(f"{s}-hb-{i}.json")
+    compare("heartbeats: gateway CPU µs/heartbeat", lambda s, i:
+            hb(s, i)["capacity"]["proc_cpu_seconds_hold"] / max(hb(s, i)["heartbeats"], 1) * 1e6)
+    for s in ("old", "new"):
+        print(f"  heartbeats: {s} timeouts per run", [hb(s, i)["errors"]["heartbeat_timeout"] for i in range(1, runs + 1)])
 if bcast:
-    # per run, the median over its K broadcasts
+    # per run, the median over its K broadcasts that delivered everything
+    bc = lambda s, i, b: load(f"{s}-bcast-{i}-{b}.json")["fanout"]
+    lossy = [(s, i, b) for s in ("old", "new") for i in range(1, runs + 1) for b in range(1, bcast + 1)
+             if bc(s, i, b)["full_delivery_to_floor"] is None]
+    print(f"  broadcasts with loss (left out): {len(lossy)} {lossy}")
     per = lambda key: lambda s, i: statistics.median(
-        load(f"{s}-bcast-{i}-{b}.json")["fanout"][key] for b in range(1, bcast + 1))
+        bc(s, i, b)[key] for b in range(1, bcast + 1) if (s, i, b) not in lossy)
     compare("one broadcast: full delivery ÷ floor", per("full_delivery_to_floor"))
     compare("one broadcast: gateway CPU µs/delivery", per("gateway_cpu_us_per_delivery"))
     compare("one broadcast: load generator CPU µs/delivery", per("loadgen_cpu_us_per_delivery"))
