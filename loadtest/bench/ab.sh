@@ -77,10 +77,7 @@ for i in $(seq "$RUNS"); do
     fi
     for b in $(seq "$BCAST"); do
       GATEWAY="$OUT/$side/gateway" start_node "$side-bcast-$i-$b" || exit 1
-      "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
-        --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
-        --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
-        --json "$OUT/$side-bcast-$i-$b.json" -q >"$OUT/$side-bcast-$i-$b.txt" || exit 1
+      one_broadcast "$side-bcast-$i-$b" || exit 1
       stop_pid "$NODE_PID"
     done
   done

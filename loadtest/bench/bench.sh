@@ -60,10 +60,7 @@ broadcast() { # one broadcast to N subscribers of one node (issue 17, goal 2)
       [ -n "$pre" ] && cp "$OUT/floor-bcast-$i.json" "$OUT/floor-${pre}bcast-$i.json"
       local ne=""; [ "$e" = default ] || ne=${e//,/ }
       NODE_ENV=$ne start_node "${pre}bcast-$i" || exit 1
-      "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
-        --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
-        --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
-        --json "$OUT/${pre}bcast-$i.json" -q >"$OUT/${pre}bcast-$i.txt" || exit 1
+      one_broadcast "${pre}bcast-$i" || exit 1
       stop_pid "$NODE_PID"
     done
   done

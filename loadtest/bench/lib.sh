@@ -46,6 +46,16 @@ floor() {
   FLOOR=$(python3 -c 'import json,sys;print(round(json.load(open(sys.argv[1]))["writes_per_sec"]))' "$OUT/floor-$1.json")
 }
 
+# one_broadcast TAG: after a 2 s hold of N joined subscribers of one topic on the node at
+# NODE_PORT (pid NODE_PID), one broadcast, timed against the run's FLOOR (issue 17 goal 2);
+# writes $OUT/TAG.json and $OUT/TAG.txt.
+one_broadcast() {
+  "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
+    --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
+    --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
+    --json "$OUT/$1.json" -q >"$OUT/$1.txt"
+}
+
 start_redis() { # sets REDIS_PORT REDIS_PID
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
