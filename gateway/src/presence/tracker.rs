@@ -289,6 +289,9 @@ impl Presence {
         let mut was_ready = pubsub.is_ready();
         // whether this node lost the cluster after a ready heartbeat (an outage seen while ready)
         let mut was_deaf = false;
+        // the first tick that saw PubSub ready since it was last not ready: from then on this
+        // node could hear the others, though the re-sync below waits for a heartbeat
+        let mut ready_since: Option<Instant> = None;
         loop {
             tick.tick().await;
             self.flush();
@@ -301,24 +304,29 @@ impl Presence {
             // only at the heartbeat's pace, so a broker connection flapping while it comes back
             // re-syncs once per heartbeat, not once per tick
             let ready = pubsub.is_ready();
-            if !ready {
+            if ready {
+                ready_since.get_or_insert_with(Instant::now);
+            } else {
                 was_deaf |= was_ready;
                 was_ready = false;
+                ready_since = None;
             }
             if beat && ready && !was_ready {
                 was_ready = true;
                 info!("pubsub is back: re-syncing presence");
-                // Silence is measured from now at the earliest: nodes heard before an outage
-                // are not judged by its silence, even one that began before this node's first
-                // ready heartbeat (Redis dying just after start-up). After an outage seen while
-                // ready, every node gets the whole `down_after` from now, as the others
+                // Silence is measured from the return of readiness at the earliest: nodes heard
+                // before an outage are not judged by its silence, even one that began before
+                // this node's first ready heartbeat (Redis dying just after start-up). From
+                // that tick, not from this later heartbeat, or a node that died meanwhile would
+                // get up to a heartbeat more than `down_after`. After an outage seen while
+                // ready, every node gets the whole `down_after` from then, as the others
                 // reconnect to the broker on their own schedule; at start-up no extra grace, so
                 // a node that dies right after is still gone within `down_after`.
-                let now = Instant::now();
+                let back = ready_since.unwrap_or_else(Instant::now);
                 let fresh = if std::mem::take(&mut was_deaf) {
-                    now + period
+                    back + period
                 } else {
-                    now
+                    back
                 };
                 for seen in self.nodes().values_mut() {
                     seen.last = seen.last.max(fresh);

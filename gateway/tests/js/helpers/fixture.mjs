@@ -61,8 +61,10 @@ export class Recorder {
       w.timer = setTimeout(() => {
         this.waiters.delete(w)
         const ctx = this.context()
-        reject(new Error(`${this.label}: timed out after ${timeout} ms waiting for ${what}; recorded: ` +
-          `${show(this.items.slice(-30))}${ctx ? "\n" + ctx : ""}`))
+        const headline = `${this.label}: timed out after ${timeout} ms waiting for ${what}`
+        // the headline again after the (long) logs: CI keeps only the tail of the output
+        reject(new Error(`${headline}; recorded: ${show(this.items.slice(-30))}` +
+          `${ctx ? "\n" + ctx + "\n^^^ " + headline : ""}`))
       }, timeout)
       this.waiters.add(w)
     })
