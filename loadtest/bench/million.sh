@@ -208,9 +208,10 @@ echo "loadtest exit $RC after $(awk "BEGIN{printf \"%.1f\", $T1 - $T0}") s; $(up
 cat "$OUT/million.txt"
 tail -5 "$OUT/million.err"
 echo "redis: $(redis-cli -p "$REDIS_PORT" info clients | grep connected_clients) $(ps -o rss=,time= -p "$REDIS_PID")"
-[ -f "$OUT/million.json" ] && python3 - "$OUT/million.json" "$OUT/samples.tsv" <<'PY'
+[ -f "$OUT/million.json" ] && python3 - "$OUT/million.json" "$OUT/samples.tsv" "$OUT/floor-million.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); f = r["fanout"]; m = r.get("memory") or {}
+fj = json.load(open(sys.argv[3]))
 mib = lambda b: f"{b/1048576:,.0f} MiB" if b is not None else "n/a"
 print(f"joined {r['sessions_joined']:,} of {r['sessions_requested']:,}, failed {r['sessions_failed']:,}, "
       f"connect+join {r['connect_join_rate']:,.0f}/s over {r['ramp_secs']:.1f} s "
@@ -224,9 +225,16 @@ print(f"one broadcast: full delivery {fd if fd is None else f'{fd:.3f} s'}; per-
       f"publish round trip {f['publish_latency']['max_us']/1000:.1f} ms")
 us = lambda v: "n/a" if v is None else f"{v:.2f} us"
 secs = lambda v: "n/a" if v is None else f"{v:.2f} s"
-print(f"CPU per delivery: gateways {us(f.get('gateway_cpu_us_per_delivery'))}, load generator "
-      f"{us(f.get('loadgen_cpu_us_per_delivery'))} (first publish -> end of drain: gateways "
-      f"{secs(f.get('gateway_cpu_secs'))}, load generator {secs(f.get('loadgen_cpu_secs'))})")
+print(f"CPU per delivery: gateways {us(f.get('gateway_cpu_us_per_delivery'))} "
+      f"({us(f.get('gateway_sys_cpu_us_per_delivery'))} system), load generator "
+      f"{us(f.get('loadgen_cpu_us_per_delivery'))} ({us(f.get('loadgen_sys_cpu_us_per_delivery'))} system) "
+      f"(first publish -> end of drain: gateways {secs(f.get('gateway_cpu_secs'))}, load generator "
+      f"{secs(f.get('loadgen_cpu_secs'))})")
+if fj.get("writes"):
+    w = fj["writes"]
+    print(f"the floor's CPU per write: writer {fj['writer_cpu_secs'] * 1e6 / w:.2f} us "
+          f"({fj.get('writer_sys_cpu_secs', 0) * 1e6 / w:.2f} system), reader {fj['reader_cpu_secs'] * 1e6 / w:.2f} us "
+          f"({fj.get('reader_sys_cpu_secs', 0) * 1e6 / w:.2f} system); both {fj.get('both_us_per_write', 0):.2f} us")
 fl, fs, ratio = f.get("floor_writes_per_sec"), f.get("floor_secs"), f.get("full_delivery_to_floor")
 if fl and fs:
     print(f"kernel floor of this run {fl:,.0f} writes/s: {f['expected']:,} writes take {fs:.2f} s; "

@@ -10,7 +10,7 @@
 //! has two ends. The writer's CPU comes from `/proc/self/stat` over the write loop only; the
 //! reader's from its own `/proc/<pid>/stat` from `ready` to the last EOF.
 
-use crate::metrics::proc_cpu_seconds;
+use crate::metrics::{proc_cpu_times, CpuTimes};
 use crate::target::source_ip;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -54,10 +54,20 @@ pub struct Floor {
     pub writer_cpu_secs: f64,
     /// Writer CPU per write, µs (almost all of it kernel time).
     pub writer_us_per_write: f64,
+    /// The system (kernel) part of writer_cpu_secs.
+    #[serde(default)]
+    pub writer_sys_cpu_secs: f64,
     /// Bytes the reader received (= writes × bytes when nothing was cut short).
     pub reader_bytes: u64,
     /// Reader CPU from `ready` to the last EOF, seconds.
     pub reader_cpu_secs: f64,
+    /// The system (kernel) part of reader_cpu_secs.
+    #[serde(default)]
+    pub reader_sys_cpu_secs: f64,
+    /// Writer + reader CPU per write, µs: what one delivery costs both ends of the machine at
+    /// the floor, to compare with a gateway's and its load generator's CPU per delivery.
+    #[serde(default)]
+    pub both_us_per_write: f64,
 }
 
 impl Floor {
@@ -65,15 +75,19 @@ impl Floor {
     pub fn line(&self) -> String {
         format!(
             "floor: {} sockets, {} writes of {} B in {:.2} s = {:.0} writes/s; writer cpu {:.2} s \
-             = {:.2} us/write; reader cpu {:.2} s; reader got {} B",
+             ({:.2} system) = {:.2} us/write; reader cpu {:.2} s ({:.2} system); both {:.2} \
+             us/write; reader got {} B",
             self.sockets,
             self.writes,
             self.bytes_per_write,
             self.secs,
             self.writes_per_sec,
             self.writer_cpu_secs,
+            self.writer_sys_cpu_secs,
             self.writer_us_per_write,
             self.reader_cpu_secs,
+            self.reader_sys_cpu_secs,
+            self.both_us_per_write,
             self.reader_bytes
         )
     }
@@ -86,6 +100,9 @@ struct ReaderDone {
     bytes: u64,
     /// CPU seconds from `ready` to EOF on every connection.
     cpu_secs: f64,
+    /// The system part of cpu_secs.
+    #[serde(default)]
+    sys_cpu_secs: f64,
 }
 
 /// Kills the reader if the writer returns early, so no process is left behind.
@@ -141,7 +158,7 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
 
     let msg = vec![b'x'; bytes.max(1)];
     let me = std::process::id();
-    let cpu0 = proc_cpu_seconds(me).ok_or(FloorError::Cpu)?;
+    let cpu0 = proc_cpu_times(me).ok_or(FloorError::Cpu)?;
     let t0 = Instant::now();
     let (mut writes, mut rounds) = (0u64, 0u64);
     // Blocking sockets, as a server writing straight from its fan-out loop would use them: a
@@ -155,7 +172,7 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
         rounds += 1;
     }
     let dt = t0.elapsed().as_secs_f64();
-    let cpu = proc_cpu_seconds(me).ok_or(FloorError::Cpu)? - cpu0;
+    let cpu = proc_cpu_times(me).ok_or(FloorError::Cpu)?.since(cpu0);
     drop(socks); // EOF on every connection ends the reader
 
     let done: ReaderDone = match lines.next() {
@@ -164,6 +181,13 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
             return Err(FloorError::Reader(format!(
                 "expected its total, got {other:?}"
             )))
+        }
+    };
+    let per_write = |cpu: f64| {
+        if writes > 0 {
+            cpu * 1e6 / writes as f64
+        } else {
+            0.0
         }
     };
     let status = child.0.wait()?;
@@ -177,14 +201,13 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
         writes,
         secs: dt,
         writes_per_sec: writes as f64 / dt,
-        writer_cpu_secs: cpu,
-        writer_us_per_write: if writes > 0 {
-            cpu * 1e6 / writes as f64
-        } else {
-            0.0
-        },
+        writer_cpu_secs: cpu.total(),
+        writer_us_per_write: per_write(cpu.total()),
+        writer_sys_cpu_secs: cpu.system,
         reader_bytes: done.bytes,
         reader_cpu_secs: done.cpu_secs,
+        reader_sys_cpu_secs: done.sys_cpu_secs,
+        both_us_per_write: per_write(cpu.total() + done.cpu_secs),
     })
 }
 
@@ -206,7 +229,7 @@ pub fn reader(addr: SocketAddr, n: usize, sources: u32) -> Result<(), FloorError
         out.flush()?;
         drop(out);
         // Idle until the writer starts: from here on the reader's CPU is reading.
-        let cpu0 = proc_cpu_seconds(std::process::id()).ok_or(FloorError::Cpu)?;
+        let cpu0 = proc_cpu_times(std::process::id()).ok_or(FloorError::Cpu)?;
         let mut tasks = tokio::task::JoinSet::new();
         for s in streams {
             tasks.spawn(read_all(s));
@@ -215,10 +238,13 @@ pub fn reader(addr: SocketAddr, n: usize, sources: u32) -> Result<(), FloorError
         while let Some(r) = tasks.join_next().await {
             bytes += r.map_err(|e| FloorError::Reader(e.to_string()))??;
         }
-        let cpu1 = proc_cpu_seconds(std::process::id()).ok_or(FloorError::Cpu)?;
+        let cpu: CpuTimes = proc_cpu_times(std::process::id())
+            .ok_or(FloorError::Cpu)?
+            .since(cpu0);
         let done = ReaderDone {
             bytes,
-            cpu_secs: cpu1 - cpu0,
+            cpu_secs: cpu.total(),
+            sys_cpu_secs: cpu.system,
         };
         println!("{}", serde_json::to_string(&done)?);
         Ok(())

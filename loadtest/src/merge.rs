@@ -87,10 +87,16 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
             a.subscribers_after += b.subscribers_after;
             // Each shard is its own generator; shards may read the same gateways.
             a.loadgen_cpu_secs = sum_opt(a.loadgen_cpu_secs, b.loadgen_cpu_secs);
-            a.gateway_cpu_secs = match (a.gateway_cpu_secs, b.gateway_cpu_secs) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
+            a.loadgen_sys_cpu_secs = sum_opt(a.loadgen_sys_cpu_secs, b.loadgen_sys_cpu_secs);
+            // the larger reading of the gateways (a later end), with its own system part
+            let b_larger = match (a.gateway_cpu_secs, b.gateway_cpu_secs) {
+                (Some(x), Some(y)) => y > x,
+                (x, y) => x.is_none() && y.is_some(),
             };
+            if b_larger {
+                a.gateway_cpu_secs = b.gateway_cpu_secs;
+                a.gateway_sys_cpu_secs = b.gateway_sys_cpu_secs;
+            }
             a.floor_writes_per_sec = a.floor_writes_per_sec.or(b.floor_writes_per_sec);
         }
         m.memory = match (m.memory.take(), &r.memory) {

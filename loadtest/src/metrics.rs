@@ -81,25 +81,67 @@ fn parse_vmrss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// User + system CPU seconds of `pid` from `/proc/<pid>/stat` (10 ms resolution, finer than
+/// CPU seconds of a process, split as the kernel accounts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    /// In the process's own code (utime).
+    pub user: f64,
+    /// In the kernel on the process's behalf (stime): system calls, and on loopback the TCP
+    /// receive path of the other end that a `write` runs.
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// user + system.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// `self − earlier`, field by field.
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl std::iter::Sum for CpuTimes {
+    fn sum<I: Iterator<Item = CpuTimes>>(iter: I) -> CpuTimes {
+        iter.fold(CpuTimes::default(), |a, b| CpuTimes {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
+/// User and system CPU seconds of `pid` from `/proc/<pid>/stat` (10 ms resolution, finer than
 /// the whole seconds some Prometheus process collectors export).
-pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+pub fn proc_cpu_times(pid: u32) -> Option<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_cpu(&stat)
 }
 
-/// utime + stime of a `/proc/<pid>/stat` line, in seconds. USER_HZ is 100 on every Linux ABI
+/// utime and stime of a `/proc/<pid>/stat` line, in seconds. USER_HZ is 100 on every Linux ABI
 /// this runs on, which avoids an unsafe `sysconf` call.
-fn parse_cpu(stat: &str) -> Option<f64> {
+fn parse_cpu(stat: &str) -> Option<CpuTimes> {
     let after = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    let ticks = |i: usize| Some(f.get(i)?.parse::<u64>().ok()? as f64 / 100.0);
+    Some(CpuTimes {
+        user: ticks(11)?,
+        system: ticks(12)?,
+    })
 }
 
 /// Sum of CPU seconds over `pids` (None if any is unreadable).
 pub fn proc_cpu_sum(pids: &[u32]) -> Option<f64> {
-    pids.iter().map(|p| proc_cpu_seconds(*p)).sum()
+    proc_cpu_times_sum(pids).map(CpuTimes::total)
+}
+
+/// Sum of user and system CPU seconds over `pids` (None if any is unreadable).
+pub fn proc_cpu_times_sum(pids: &[u32]) -> Option<CpuTimes> {
+    pids.iter().map(|p| proc_cpu_times(*p)).sum()
 }
 
 /// Sum of VmRSS over `pids` (None if any is unreadable).
@@ -135,7 +177,14 @@ mod tests {
         let own = proc_rss(std::process::id()).unwrap();
         assert!(own > 0);
         let line = "42 (a b) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
-        assert_eq!(parse_cpu(line), Some(3.0));
-        assert!(proc_cpu_seconds(std::process::id()).is_some());
+        assert_eq!(
+            parse_cpu(line),
+            Some(CpuTimes {
+                user: 2.5,
+                system: 0.5
+            })
+        );
+        assert_eq!(parse_cpu(line).map(CpuTimes::total), Some(3.0));
+        assert!(proc_cpu_times(std::process::id()).is_some());
     }
 }

@@ -161,9 +161,15 @@ pub struct Fanout {
     /// publish to the end of the drain.
     #[serde(default)]
     pub gateway_cpu_secs: Option<f64>,
+    /// The system (kernel) part of gateway_cpu_secs: what of it is TCP and system calls.
+    #[serde(default)]
+    pub gateway_sys_cpu_secs: Option<f64>,
     /// CPU seconds of the load generator (coordinator + workers) over the same window.
     #[serde(default)]
     pub loadgen_cpu_secs: Option<f64>,
+    /// The system (kernel) part of loadgen_cpu_secs.
+    #[serde(default)]
+    pub loadgen_sys_cpu_secs: Option<f64>,
     /// gateway_cpu_secs / distinct deliveries, µs.
     #[serde(default)]
     pub gateway_cpu_us_per_delivery: Option<f64>,
@@ -171,6 +177,12 @@ pub struct Fanout {
     /// shares the cores with the gateway.
     #[serde(default)]
     pub loadgen_cpu_us_per_delivery: Option<f64>,
+    /// gateway_sys_cpu_secs / distinct deliveries, µs.
+    #[serde(default)]
+    pub gateway_sys_cpu_us_per_delivery: Option<f64>,
+    /// loadgen_sys_cpu_secs / distinct deliveries, µs.
+    #[serde(default)]
+    pub loadgen_sys_cpu_us_per_delivery: Option<f64>,
     /// `--floor-writes-per-sec`: the kernel floor (`loadtest floor`) of the same run.
     #[serde(default)]
     pub floor_writes_per_sec: Option<f64>,
@@ -205,6 +217,8 @@ impl Fanout {
         };
         self.gateway_cpu_us_per_delivery = per(self.gateway_cpu_secs);
         self.loadgen_cpu_us_per_delivery = per(self.loadgen_cpu_secs);
+        self.gateway_sys_cpu_us_per_delivery = per(self.gateway_sys_cpu_secs);
+        self.loadgen_sys_cpu_us_per_delivery = per(self.loadgen_sys_cpu_secs);
         self.floor_secs = self
             .floor_writes_per_sec
             .filter(|f| *f > 0.0 && self.expected > 0)

@@ -94,13 +94,24 @@ impl Report {
                         format!("{v:.3} s from first publish to last delivery")
                     }),
             );
-            let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2} us/delivery"));
+            let us = |v: Option<f64>, sys: Option<f64>| {
+                v.map_or("n/a".into(), |v| {
+                    let sys = sys.map_or(String::new(), |s| format!(" ({s:.2} system)"));
+                    format!("{v:.2} us/delivery{sys}")
+                })
+            };
             row(
                 "CPU per delivery",
                 format!(
                     "gateway {}, load generator {}",
-                    us(f.gateway_cpu_us_per_delivery),
-                    us(f.loadgen_cpu_us_per_delivery)
+                    us(
+                        f.gateway_cpu_us_per_delivery,
+                        f.gateway_sys_cpu_us_per_delivery
+                    ),
+                    us(
+                        f.loadgen_cpu_us_per_delivery,
+                        f.loadgen_sys_cpu_us_per_delivery
+                    )
                 ),
             );
             if let (Some(w), Some(fs)) = (f.floor_writes_per_sec, f.floor_secs) {

@@ -18,7 +18,7 @@
 use super::{base_report, launch_and_ramp, Clock, RunError, STOP_LIMIT};
 use crate::cli::FanoutArgs;
 use crate::fleet::Fleet;
-use crate::metrics::{proc_cpu_sum, proc_rss, proc_rss_sum};
+use crate::metrics::{proc_cpu_times_sum, proc_rss, proc_rss_sum, CpuTimes};
 use crate::plan;
 use crate::protocol::Mode;
 use crate::publisher::{self, PublishPlan};
@@ -101,7 +101,10 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         .into_iter()
         .chain([std::process::id()])
         .collect();
-    let cpu0 = (proc_cpu_sum(&a.server_pids), proc_cpu_sum(&loadgen_pids));
+    let cpu0 = (
+        proc_cpu_times_sum(&a.server_pids),
+        proc_cpu_times_sum(&loadgen_pids),
+    );
     let publishing = tokio::spawn(publisher::run(pub_plan));
     fleet.note = format!("publishing {count} probes");
     fleet
@@ -116,7 +119,12 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
     let expected = dot(&outcome.ok_by_topic, &joined_by_topic);
     fleet.note = format!("draining (expect {expected})");
     drain(&mut fleet, expected, Duration::from_secs(a.drain_secs)).await?;
-    let cpu1 = (proc_cpu_sum(&a.server_pids), proc_cpu_sum(&loadgen_pids));
+    let cpu1 = (
+        proc_cpu_times_sum(&a.server_pids),
+        proc_cpu_times_sum(&loadgen_pids),
+    );
+    let gateway_cpu = cpu_delta(cpu0.0, cpu1.0).filter(|_| !a.server_pids.is_empty());
+    let loadgen_cpu = cpu_delta(cpu0.1, cpu1.1);
     let after = fleet.totals().active;
     fleet.note = "closing sessions".into();
     let finals = fleet.stop(STOP_LIMIT).await?;
@@ -156,8 +164,10 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
         latency: Latency::of(&hists[1]),
         subscribers_at_publish: at_publish,
         subscribers_after: after,
-        gateway_cpu_secs: cpu_delta(cpu0.0, cpu1.0).filter(|_| !a.server_pids.is_empty()),
-        loadgen_cpu_secs: cpu_delta(cpu0.1, cpu1.1),
+        gateway_cpu_secs: gateway_cpu.map(CpuTimes::total),
+        gateway_sys_cpu_secs: gateway_cpu.map(|c| c.system),
+        loadgen_cpu_secs: loadgen_cpu.map(CpuTimes::total),
+        loadgen_sys_cpu_secs: loadgen_cpu.map(|c| c.system),
         floor_writes_per_sec: a.floor_writes_per_sec,
         ..Default::default()
     };
@@ -168,8 +178,8 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
 }
 
 /// after − before, when both readings exist.
-fn cpu_delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
-    Some(after? - before?)
+fn cpu_delta(before: Option<CpuTimes>, after: Option<CpuTimes>) -> Option<CpuTimes> {
+    Some(after?.since(before?))
 }
 
 /// Waits until `expected` distinct deliveries arrived, or nothing new arrived for `quiet`.
