@@ -5,8 +5,10 @@
 #   loadtest/bench/bench.sh [SECTION=all] [RUNS=3] [OUT=target/bench]
 #
 # SECTION: all | capacity (§1 bytes/session, §2 connect+join) | fanout (§3, RATES publishes/s) |
-#          broadcast (one broadcast to N on one node, full delivery ÷ floor) | failover (§4) |
-#          cluster (§5) | metrics (§8); `all` runs every one of them.
+#          broadcast (one broadcast to N on one node, full delivery ÷ floor) | heartbeat (N
+#          sessions heartbeating every second for HB_HOLD s: CPU per heartbeat of the gateway
+#          and of the load generator ÷ the echo floor's, `loadtest floor --echo`, of the same
+#          run) | failover (§4) | cluster (§5) | metrics (§8); `all` runs every one of them.
 # NODE_ENV="NAME=VALUE ..." is put in every gateway's environment; for `broadcast`,
 # BCAST_ENVS="default TOKIO_WORKER_THREADS=1" compares environments run by run (same floor).
 # Every measurement gets a fresh gateway (so RSS baselines are clean); every run measures the
@@ -70,6 +72,17 @@ broadcast() { # one broadcast to N subscribers of one node (issue 17, goal 2)
   done
 }
 
+heartbeat() { # what one heartbeat costs each side, against the echo floor of the same run
+  for i in $(seq "$RUNS"); do
+    echo_floor "hb-$i"
+    start_node "hb-$i" || exit 1
+    "$BIN/loadtest" capacity --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --rate 100000 --max-inflight 100 \
+      --hold-secs "${HB_HOLD:-20}" --heartbeat-secs 1 --server-pid "$NODE_PID" \
+      --json "$OUT/heartbeat-$i.json" -q >"$OUT/heartbeat-$i.txt" || exit 1
+    stop_pid "$NODE_PID"
+  done
+}
+
 metrics_cost() { # §8: per-message metrics on vs off, alternating
   for i in $(seq "$RUNS"); do
     floor "mc-$i"
@@ -85,17 +98,18 @@ metrics_cost() { # §8: per-message metrics on vs off, alternating
 }
 
 case "$SECTION" in
-  all) capacity; fanout_rates; broadcast
+  all) capacity; fanout_rates; broadcast; heartbeat
        BUILD=0 bash "$ROOT/loadtest/bench/failover.sh" "$OUT" 10000 "$RUNS" || exit 1
        BUILD=0 bash "$ROOT/loadtest/bench/cluster.sh" "$OUT" 6000 "10:$RUNS" || exit 1
        metrics_cost ;;
   capacity) capacity ;;
   fanout) fanout_rates ;;
   broadcast) broadcast ;;
+  heartbeat) heartbeat ;;
   failover) BUILD=0 bash "$ROOT/loadtest/bench/failover.sh" "$OUT" 10000 "$RUNS" || exit 1 ;;
   cluster) BUILD=0 bash "$ROOT/loadtest/bench/cluster.sh" "$OUT" 6000 "10:$RUNS" || exit 1 ;;
   metrics) metrics_cost ;;
-  *) echo "unknown section $SECTION (all capacity fanout broadcast failover cluster metrics)" >&2; exit 2 ;;
+  *) echo "unknown section $SECTION (all capacity fanout broadcast heartbeat failover cluster metrics)" >&2; exit 2 ;;
 esac
 echo "== done $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$ROOT/loadtest/bench/summarize.py" "$OUT"

@@ -46,6 +46,14 @@ floor() {
   FLOOR=$(python3 -c 'import json,sys;print(round(json.load(open(sys.argv[1]))["writes_per_sec"]))' "$OUT/floor-$1.json")
 }
 
+# echo_floor TAG: the kernel floor of a heartbeat now (loadtest floor --echo, FLOOR_N
+# connections, FLOOR_SECS s); prints its line, writes $OUT/echo-floor-TAG.json.
+echo_floor() {
+  "$BIN/loadtest" floor --echo -n "$FLOOR_N" --secs "$FLOOR_SECS" --json "$OUT/echo-floor-$1.json" \
+    >"$OUT/echo-floor-$1.txt" || { echo "echo floor $1 failed" >&2; exit 1; }
+  sed "s/^/[$1] /" "$OUT/echo-floor-$1.txt"
+}
+
 # one_broadcast TAG: after a 2 s hold of N joined subscribers of one topic on the node at
 # NODE_PORT (pid NODE_PID), one broadcast, timed against the run's FLOOR (issue 17 goal 2);
 # writes $OUT/TAG.json and $OUT/TAG.txt.

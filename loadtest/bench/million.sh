@@ -13,7 +13,8 @@
 # socket counts every 5 s to OUT/samples.tsv and stops the run (by PID) if MemAvailable falls
 # under MIN_AVAIL_MB, so the machine's other users are never pushed into the OOM killer.
 # Every process started here is stopped by PID on exit. Before the nodes start it measures the
-# kernel floor (`loadtest floor`, 15,000 connections); the report gives the full delivery as a
+# kernel floor (`loadtest floor`, 15,000 connections) and the echo floor of a heartbeat
+# (`loadtest floor --echo`); the report gives the full delivery as a
 # ratio to SESSIONS ÷ floor writes/s, and the CPU per delivery of the gateways and of the load
 # generator separately (/proc/<pid>/stat, first publish → end of the drain). Refuses a checkout
 # with uncommitted changes (figures must come from a committed build).
@@ -150,6 +151,8 @@ grep -E 'MemAvailable|^Slab' /proc/meminfo | tee -a "$OUT/run.txt"
 floor million >"$OUT/floor.txt" || exit 1
 tee -a "$OUT/run.txt" <"$OUT/floor.txt"
 FLOOR=$(python3 -c 'import json,sys;print(round(json.load(open(sys.argv[1]))["writes_per_sec"]))' "$OUT/floor-million.json")
+echo_floor million >"$OUT/echo-floor.txt" || exit 1   # what a heartbeat costs each side at least
+tee -a "$OUT/run.txt" <"$OUT/echo-floor.txt"
 
 start_redis || exit 1
 R="redis://127.0.0.1:$REDIS_PORT"
@@ -208,10 +211,11 @@ echo "loadtest exit $RC after $(awk "BEGIN{printf \"%.1f\", $T1 - $T0}") s; $(up
 cat "$OUT/million.txt"
 tail -5 "$OUT/million.err"
 echo "redis: $(redis-cli -p "$REDIS_PORT" info clients | grep connected_clients) $(ps -o rss=,time= -p "$REDIS_PID")"
-[ -f "$OUT/million.json" ] && python3 - "$OUT/million.json" "$OUT/samples.tsv" "$OUT/floor-million.json" <<'PY'
+[ -f "$OUT/million.json" ] && python3 - "$OUT/million.json" "$OUT/samples.tsv" "$OUT/floor-million.json" \
+  "$OUT/echo-floor-million.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); f = r["fanout"]; m = r.get("memory") or {}
-fj = json.load(open(sys.argv[3]))
+fj = json.load(open(sys.argv[3])); ej = json.load(open(sys.argv[4]))
 mib = lambda b: f"{b/1048576:,.0f} MiB" if b is not None else "n/a"
 print(f"joined {r['sessions_joined']:,} of {r['sessions_requested']:,}, failed {r['sessions_failed']:,}, "
       f"connect+join {r['connect_join_rate']:,.0f}/s over {r['ramp_secs']:.1f} s "
@@ -243,6 +247,16 @@ s = m.get("sessions") or 0
 print(f"memory with {s:,} sessions: gateways {mib(m.get('server_rss_baseline'))} -> {mib(m.get('server_rss_loaded'))} "
       f"({m.get('server_bytes_per_session') or 0:,.0f} B/session), load generator {mib(m.get('loadgen_rss'))} "
       f"({m.get('loadgen_bytes_per_session') or 0:,.0f} B/session)")
+h = r.get("hold")
+if h and h["heartbeats"]:
+    times = lambda a, b: "n/a" if a is None or not b else f"{a / b:.2f}x"
+    print(f"hold {h['secs']:.1f} s: {h['heartbeats']:,} heartbeats ({h['heartbeats'] / h['secs']:,.0f}/s); gateways "
+          f"{secs(h['gateway_cpu_secs'])} CPU ({secs(h['gateway_sys_cpu_secs'])} system) = "
+          f"{us(h['gateway_cpu_us_per_heartbeat'])} per heartbeat, {times(h['gateway_cpu_us_per_heartbeat'], ej['server_us_per_echo'])} "
+          f"the echo floor's server; load generator {secs(h['loadgen_cpu_secs'])} ({secs(h['loadgen_sys_cpu_secs'])} system) = "
+          f"{us(h['loadgen_cpu_us_per_heartbeat'])}, {times(h['loadgen_cpu_us_per_heartbeat'], ej['client_us_per_echo'])} "
+          f"the echo floor's client; both sides use {((h['gateway_cpu_secs'] or 0) + (h['loadgen_cpu_secs'] or 0)) / h['secs']:.2f} "
+          f"cores for the held sessions")
 print(f"errors {r['errors_total']} {r['errors']}; heartbeats {r['heartbeats']:,}")
 rows = [l.split("\t") for l in open(sys.argv[2]).read().splitlines()[1:]]
 if rows:

@@ -115,6 +115,34 @@ def fanout():
         fanout_block(f"§3 fan-out 1 topic × 15,000, {r} publishes/s × 10 s", f"fanout-r{r}-{{i}}.json", "fan-{i}")
 
 
+def heartbeat():
+    ids = runs("heartbeat-{i}.json")
+    if not ids:
+        return
+    print("heartbeats: 15,000 sessions, one heartbeat a second each (CPU over the hold ÷ heartbeats sent in it)")
+    rows = []
+    for i in ids:
+        c = load(f"{PRE}heartbeat-{i}.json")
+        h = c["hold"]
+        e = load(f"{PRE}echo-floor-hb-{i}.json")
+        n = max(h["heartbeats"], 1)
+        per = lambda x: x * 1e6 / n if x is not None else None
+        row = dict(hb=h["heartbeats"], gw=h["gateway_cpu_us_per_heartbeat"], gw_sys=per(h["gateway_sys_cpu_secs"]),
+                   lg=h["loadgen_cpu_us_per_heartbeat"], lg_sys=per(h["loadgen_sys_cpu_secs"]),
+                   es=e["server_us_per_echo"] if e else None, ec=e["client_us_per_echo"] if e else None,
+                   timeouts=c["errors"]["heartbeat_timeout"])
+        row["gw_ratio"] = ratio(row["gw"], row["es"])
+        row["lg_ratio"] = ratio(row["lg"], row["ec"])
+        rows.append(row)
+        print(f"  run {i}: {row['hb']:,} heartbeats, {row['timeouts']} timeouts | gateway {fmt(row['gw'], '.2f')} us"
+              f" ({fmt(row['gw_sys'], '.2f')} kernel) = {fmt(row['gw_ratio'], '.2f')} × echo floor server"
+              f" {fmt(row['es'], '.2f')} us | load generator {fmt(row['lg'], '.2f')} us ({fmt(row['lg_sys'], '.2f')}"
+              f" kernel) = {fmt(row['lg_ratio'], '.2f')} × echo floor client {fmt(row['ec'], '.2f')} us")
+    m = {k: med([r[k] for r in rows]) for k in rows[0]}
+    print(f"  MEDIAN gateway {fmt(m['gw'], '.2f')} us per heartbeat (same-run ÷ echo floor {fmt(m['gw_ratio'], '.2f')}),"
+          f" load generator {fmt(m['lg'], '.2f')} us (÷ echo floor {fmt(m['lg_ratio'], '.2f')})")
+
+
 def failover():
     ids = runs("failover-{i}.json")
     if not ids:
@@ -150,6 +178,7 @@ def metrics():
 capacity()
 fanout()
 fanout_block("one broadcast to 15,000 on one node (full delivery vs the floor's 15,000 writes)", "bcast-{i}.json", "bcast-{i}")
+heartbeat()
 failover()
 cluster()
 metrics()

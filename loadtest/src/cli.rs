@@ -37,6 +37,7 @@ pub enum Cmd {
     /// The kernel floor: one writer writes a small message to each of N loopback connections
     /// in turn (one write each), one reader drains them; writes/s and CPU µs per write. No
     /// gateway involved: the bound any one-frame broadcast on this machine is measured against.
+    /// `--echo`: the same for a heartbeat and its reply.
     Floor(FloorArgs),
     /// Internal: one worker process (JSON lines on stdin/stdout).
     #[command(hide = true)]
@@ -61,6 +62,11 @@ pub struct FloorArgs {
     /// Loopback source addresses the reader's connections are spread over (127.0.0.2 ..).
     #[arg(long, default_value_t = 8)]
     pub sources: u32,
+    /// The floor of a heartbeat instead: a request of a heartbeat frame's size on each
+    /// connection in turn, answered by one write of a reply's size (`--bytes` is not used);
+    /// echoes/s and CPU µs per echo of the answering side and of the asking side.
+    #[arg(long)]
+    pub echo: bool,
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -78,6 +84,9 @@ pub struct FloorReaderArgs {
     /// Source addresses to spread them over.
     #[arg(long)]
     pub sources: u32,
+    /// Answer requests (`floor --echo`) instead of draining.
+    #[arg(long)]
+    pub echo: bool,
 }
 
 /// Flags shared by every scenario.

@@ -15,7 +15,7 @@ use crate::target::source_ip;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 /// Why the floor could not be measured.
@@ -106,7 +106,7 @@ struct ReaderDone {
 }
 
 /// Kills the reader if the writer returns early, so no process is left behind.
-struct ReaderChild(Child);
+pub(crate) struct ReaderChild(Child);
 
 impl Drop for ReaderChild {
     fn drop(&mut self) {
@@ -117,16 +117,27 @@ impl Drop for ReaderChild {
     }
 }
 
-/// Measures the floor: `n` connections, writes of `bytes` for `secs` seconds, the reader's
-/// connections bound to `sources` loopback source addresses (127.0.0.2 ..).
-pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor, FloorError> {
+/// The child's stdout, one line per message.
+pub(crate) type ChildLines = std::io::Lines<BufReader<ChildStdout>>;
+
+/// Starts the `floor-reader` child (`--echo`: the echo server) with `n` connections to a
+/// listener of this process spread over `sources` addresses, and waits until every one is
+/// accepted. The caller owns this process's ends.
+pub(crate) fn connect_child(
+    n: usize,
+    sources: u32,
+    echo: bool,
+) -> Result<(ReaderChild, ChildLines, Vec<TcpStream>), FloorError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["floor-reader", "--connect", &addr.to_string()])
+        .args(["-n", &n.to_string(), "--sources", &sources.to_string()]);
+    if echo {
+        cmd.arg("--echo");
+    }
     let mut child = ReaderChild(
-        Command::new(std::env::current_exe()?)
-            .args(["floor-reader", "--connect", &addr.to_string()])
-            .args(["-n", &n.to_string(), "--sources", &sources.to_string()])
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?,
@@ -137,8 +148,8 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
         .take()
         .ok_or_else(|| FloorError::Reader("no stdout".into()))?;
     let mut lines = BufReader::new(stdout).lines();
-    // Accepting on its own thread keeps the (128-deep) accept queue short while the reader
-    // connects; the reader says `ready` only once every connect returned.
+    // Accepting on its own thread keeps the (128-deep) accept queue short while the child
+    // connects; the child says `ready` only once every connect returned.
     let acceptor = std::thread::spawn(move || -> std::io::Result<Vec<TcpStream>> {
         let mut socks = Vec::with_capacity(n);
         while socks.len() < n {
@@ -148,13 +159,45 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
         }
         Ok(socks)
     });
-    match lines.next() {
-        Some(Ok(l)) if l == "ready" => {}
-        other => return Err(FloorError::Reader(format!("expected ready, got {other:?}"))),
+    if next_line(&mut lines, "ready")? != "ready" {
+        return Err(FloorError::Reader("expected ready".into()));
     }
-    let mut socks = acceptor
+    let socks = acceptor
         .join()
         .map_err(|_| FloorError::Reader("accept thread panicked".into()))??;
+    Ok((child, lines, socks))
+}
+
+/// The child's next line; `what` names it in the error when there is none.
+pub(crate) fn next_line(lines: &mut ChildLines, what: &str) -> Result<String, FloorError> {
+    match lines.next() {
+        Some(Ok(l)) => Ok(l),
+        other => Err(FloorError::Reader(format!(
+            "expected {what}, got {other:?}"
+        ))),
+    }
+}
+
+/// Ends the child's wait: its exit status, an error unless it succeeded.
+pub(crate) fn reap(mut child: ReaderChild) -> Result<(), FloorError> {
+    let status = child.0.wait()?;
+    if !status.success() {
+        return Err(FloorError::Reader(format!("exited with {status}")));
+    }
+    Ok(())
+}
+
+/// The child's `ready` line, once every connection is open.
+pub(crate) fn say_ready() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()
+}
+
+/// Measures the floor: `n` connections, writes of `bytes` for `secs` seconds, the reader's
+/// connections bound to `sources` loopback source addresses (127.0.0.2 ..).
+pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor, FloorError> {
+    let (child, mut lines, mut socks) = connect_child(n, sources, false)?;
 
     let msg = vec![b'x'; bytes.max(1)];
     let me = std::process::id();
@@ -175,14 +218,7 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
     let cpu = proc_cpu_times(me).ok_or(FloorError::Cpu)?.since(cpu0);
     drop(socks); // EOF on every connection ends the reader
 
-    let done: ReaderDone = match lines.next() {
-        Some(Ok(l)) => serde_json::from_str(&l)?,
-        other => {
-            return Err(FloorError::Reader(format!(
-                "expected its total, got {other:?}"
-            )))
-        }
-    };
+    let done: ReaderDone = serde_json::from_str(&next_line(&mut lines, "its total")?)?;
     let per_write = |cpu: f64| {
         if writes > 0 {
             cpu * 1e6 / writes as f64
@@ -190,10 +226,7 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
             0.0
         }
     };
-    let status = child.0.wait()?;
-    if !status.success() {
-        return Err(FloorError::Reader(format!("exited with {status}")));
-    }
+    reap(child)?;
     Ok(Floor {
         sockets: n,
         bytes_per_write: msg.len(),
@@ -224,10 +257,7 @@ pub fn reader(addr: SocketAddr, n: usize, sources: u32) -> Result<(), FloorError
             socket.bind((source_ip(i as u64, sources), 0).into())?;
             streams.push(socket.connect(addr).await?);
         }
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "ready")?;
-        out.flush()?;
-        drop(out);
+        say_ready()?;
         // Idle until the writer starts: from here on the reader's CPU is reading.
         let cpu0 = proc_cpu_times(std::process::id()).ok_or(FloorError::Cpu)?;
         let mut tasks = tokio::task::JoinSet::new();

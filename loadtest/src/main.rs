@@ -4,6 +4,7 @@
 //! the run itself failed).
 
 mod cli;
+mod echo_floor;
 mod fleet;
 mod floor;
 mod http;
@@ -40,7 +41,12 @@ fn main() -> ExitCode {
     match &cli.cmd {
         Cmd::Floor(a) => return floor_main(a),
         Cmd::FloorReader(a) => {
-            return match floor::reader(a.connect, a.sockets, a.sources) {
+            let served = if a.echo {
+                echo_floor::server(a.connect, a.sockets, a.sources)
+            } else {
+                floor::reader(a.connect, a.sockets, a.sources)
+            };
+            return match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("floor-reader: {e}");
@@ -128,16 +134,22 @@ async fn coordinate(cmd: Cmd) -> Result<bool, RunError> {
 
 /// `loadtest floor`: measures, prints one line, writes `--json`.
 fn floor_main(a: &cli::FloorArgs) -> ExitCode {
-    let run = || -> Result<floor::Floor, floor::FloorError> {
-        let f = floor::measure(a.sockets, a.secs, a.bytes, a.sources)?;
+    let run = || -> Result<String, floor::FloorError> {
+        let (line, json) = if a.echo {
+            let f = echo_floor::measure(a.sockets, a.secs, a.sources)?;
+            (f.line(), serde_json::to_vec_pretty(&f)?)
+        } else {
+            let f = floor::measure(a.sockets, a.secs, a.bytes, a.sources)?;
+            (f.line(), serde_json::to_vec_pretty(&f)?)
+        };
         if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&f)?)?;
+            std::fs::write(path, json)?;
         }
-        Ok(f)
+        Ok(line)
     };
     match run() {
-        Ok(f) => {
-            println!("{}", f.line());
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,7 +1,7 @@
 //! `loadtest merge`: combines the JSON reports of `--shard I/N` runs of one scenario into one
 //! report: counters summed, histograms added, rates and per-session figures recomputed.
 
-use crate::report::{Hists, Latency, Memory, Report};
+use crate::report::{Hists, Hold, Latency, Memory, Report};
 use crate::scenario::fanout::dot;
 use crate::scenario::RunError;
 use std::path::PathBuf;
@@ -26,6 +26,25 @@ fn add_memory(mut a: Memory, b: &Memory) -> Memory {
     a.loadgen_rss = opt(a.loadgen_rss, b.loadgen_rss, |x, y| x + y);
     a.server_rss_baseline = opt(a.server_rss_baseline, b.server_rss_baseline, u64::min);
     a.server_rss_loaded = opt(a.server_rss_loaded, b.server_rss_loaded, u64::max);
+    a.derive();
+    a
+}
+
+/// Two shards' holds: heartbeats and load-generator CPU add up; the server readings cover the
+/// same nodes from every shard, so the larger is kept.
+fn add_hold(mut a: Hold, b: &Hold) -> Hold {
+    let sum = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => Some(x + y),
+        (x, y) => x.or(y),
+    };
+    a.heartbeats += b.heartbeats;
+    a.secs = a.secs.max(b.secs);
+    a.loadgen_cpu_secs = sum(a.loadgen_cpu_secs, b.loadgen_cpu_secs);
+    a.loadgen_sys_cpu_secs = sum(a.loadgen_sys_cpu_secs, b.loadgen_sys_cpu_secs);
+    if b.gateway_cpu_secs > a.gateway_cpu_secs {
+        a.gateway_cpu_secs = b.gateway_cpu_secs;
+        a.gateway_sys_cpu_secs = b.gateway_sys_cpu_secs;
+    }
     a.derive();
     a
 }
@@ -103,6 +122,10 @@ pub fn merge(reports: &[Report]) -> Result<Report, RunError> {
             (Some(a), Some(b)) => Some(add_memory(a, b)),
             (a, b) => a.or_else(|| b.clone()),
         };
+        m.hold = match (m.hold.take(), &r.hold) {
+            (Some(a), Some(b)) => Some(add_hold(a, b)),
+            (a, b) => a.or_else(|| b.clone()),
+        };
         if let (Some(a), Some(b)) = (m.churn.as_mut(), &r.churn) {
             a.cycles += b.cycles;
             a.cycles_requested += b.cycles_requested;
@@ -167,5 +190,37 @@ mod tests {
             (Some(1000), Some(5000))
         );
         assert_eq!(m.server_bytes_per_session, Some(100.0));
+    }
+
+    #[test]
+    fn holds_of_shards_add_heartbeats_and_load_generators_and_keep_one_server_reading() {
+        let shard = |heartbeats, loadgen, gateway| {
+            let mut h = Hold {
+                secs: 10.0,
+                heartbeats,
+                gateway_cpu_secs: Some(gateway),
+                gateway_sys_cpu_secs: Some(gateway / 2.0),
+                loadgen_cpu_secs: Some(loadgen),
+                loadgen_sys_cpu_secs: Some(loadgen / 2.0),
+                ..Default::default()
+            };
+            h.derive();
+            Report {
+                scenario: "capacity".into(),
+                hold: Some(h),
+                ..Default::default()
+            }
+        };
+        let h = merge(&[shard(1000, 0.01, 0.03), shard(3000, 0.03, 0.04)])
+            .unwrap()
+            .hold
+            .unwrap();
+        assert_eq!(h.heartbeats, 4000);
+        assert_eq!(h.loadgen_cpu_secs, Some(0.04));
+        assert_eq!(h.gateway_cpu_secs, Some(0.04));
+        assert_eq!(h.gateway_sys_cpu_secs, Some(0.02));
+        let us = |v: Option<f64>| (v.unwrap() * 1000.0).round() / 1000.0;
+        assert_eq!(us(h.loadgen_cpu_us_per_heartbeat), 10.0);
+        assert_eq!(us(h.gateway_cpu_us_per_heartbeat), 10.0);
     }
 }

@@ -260,6 +260,40 @@ impl Memory {
     }
 }
 
+/// What holding the joined sessions cost each side (`--hold-secs`); with a short
+/// `--heartbeat-secs`, the CPU of the heartbeats and their replies, per heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Wall seconds of the hold.
+    pub secs: f64,
+    /// Heartbeats the sessions sent during the hold (from the workers' progress reports).
+    pub heartbeats: u64,
+    /// CPU of the `--server-pid`s over the hold, seconds.
+    pub gateway_cpu_secs: Option<f64>,
+    /// The system (kernel) part of gateway_cpu_secs.
+    pub gateway_sys_cpu_secs: Option<f64>,
+    /// CPU of the load generator (coordinator and workers) over the hold, seconds.
+    pub loadgen_cpu_secs: Option<f64>,
+    /// The system (kernel) part of loadgen_cpu_secs.
+    pub loadgen_sys_cpu_secs: Option<f64>,
+    /// gateway_cpu_secs per heartbeat, µs.
+    pub gateway_cpu_us_per_heartbeat: Option<f64>,
+    /// loadgen_cpu_secs per heartbeat, µs.
+    pub loadgen_cpu_us_per_heartbeat: Option<f64>,
+}
+
+impl Hold {
+    /// Recomputes the per-heartbeat figures from the sums.
+    pub fn derive(&mut self) {
+        let per = |cpu: Option<f64>| {
+            let cpu = cpu?;
+            (self.heartbeats > 0).then(|| cpu * 1e6 / self.heartbeats as f64)
+        };
+        self.gateway_cpu_us_per_heartbeat = per(self.gateway_cpu_secs);
+        self.loadgen_cpu_us_per_heartbeat = per(self.loadgen_cpu_secs);
+    }
+}
+
 /// Churn figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Churn {
@@ -394,6 +428,9 @@ pub struct Report {
     /// Memory of servers and load generator with the sessions held (fan-out).
     #[serde(default)]
     pub memory: Option<Memory>,
+    /// CPU of both sides over the hold (`--hold-secs`, capacity and fan-out).
+    #[serde(default)]
+    pub hold: Option<Hold>,
     /// Recovery storm figures.
     #[serde(default)]
     pub recovery: Option<Recovery>,

@@ -158,6 +158,22 @@ impl Report {
                 ),
             );
         }
+        if let Some(h) = self.hold.as_ref().filter(|h| h.heartbeats > 0) {
+            let cpu = |secs: Option<f64>, us: Option<f64>| match (secs, us) {
+                (Some(s), Some(u)) => format!("{s:.2} s = {u:.2} us/heartbeat"),
+                _ => "n/a".into(),
+            };
+            row(
+                "hold",
+                format!(
+                    "{:.1} s, {} heartbeats; CPU gateway {}, load generator {}",
+                    h.secs,
+                    h.heartbeats,
+                    cpu(h.gateway_cpu_secs, h.gateway_cpu_us_per_heartbeat),
+                    cpu(h.loadgen_cpu_secs, h.loadgen_cpu_us_per_heartbeat)
+                ),
+            );
+        }
         if let Some(c) = &self.churn {
             row(
                 "cycles",

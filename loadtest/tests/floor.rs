@@ -1,6 +1,6 @@
 //! `loadtest floor`, the kernel-floor tool the benchmarks divide by: run for real (one writer,
 //! one reader process, real loopback sockets), and its JSON checked against what the reader
-//! actually received.
+//! actually received; `floor --echo` against what its server answered.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -53,6 +53,55 @@ fn floor_writes_to_every_socket_in_turn_and_the_reader_gets_every_byte() {
     assert!(num("reader_cpu_secs") >= 0.0);
     assert!(
         stdout.starts_with("floor: 300 sockets, "),
+        "one summary line: {stdout}"
+    );
+}
+
+#[test]
+fn echo_floor_answers_every_request_and_counts_both_sides() {
+    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("echo-floor-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "floor",
+            "--echo",
+            "-n",
+            "200",
+            "--secs",
+            "0.5",
+            "--sources",
+            "3",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k}: {}", f[k]));
+    // A heartbeat frame out, a heartbeat reply back: the sizes phoenix.js and the gateway use.
+    assert_eq!(num("request_bytes"), 46.0);
+    assert_eq!(num("reply_bytes"), 67.0);
+    // Whole rounds, every request answered, and the server (another process) counted each.
+    let (echoes, rounds) = (num("echoes"), num("rounds"));
+    assert!(rounds >= 1.0);
+    assert_eq!(echoes, rounds * 200.0);
+    assert_eq!(num("server_echoes"), echoes);
+    let secs = num("secs");
+    assert!(secs >= 0.5, "ran for {secs} s");
+    let client = num("client_cpu_secs");
+    assert!(client > 0.0, "client cpu {client}");
+    assert!((num("client_us_per_echo") - client * 1e6 / echoes).abs() < 1e-6);
+    assert!((num("server_us_per_echo") - num("server_cpu_secs") * 1e6 / echoes).abs() < 1e-6);
+    assert!(num("server_sys_cpu_secs") <= num("server_cpu_secs"));
+    assert!(
+        stdout.starts_with("echo floor: 200 sockets, "),
         "one summary line: {stdout}"
     );
 }

@@ -142,6 +142,50 @@ async fn capacity_joins_every_session_and_reads_server_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_with_heartbeats_reports_both_sides_cpu_per_heartbeat() {
+    let node = start_node().await;
+    let pid = std::process::id().to_string();
+    let (code, r) = loadtest(s(&[
+        "capacity",
+        "--url",
+        &node.url,
+        "-n",
+        "100",
+        "--workers",
+        "2",
+        "--hold-secs",
+        "3",
+        "--heartbeat-secs",
+        "1",
+        "--server-pid",
+        &pid,
+        "--fail-if",
+        "errors>0",
+    ]))
+    .await;
+    assert_eq!(code, 0, "gates passed: {}", r["slo"]);
+    let h = &r["hold"];
+    let hb = u(&h["heartbeats"]);
+    // 100 sessions, one heartbeat a second, for 3 s: about 300 in the hold (the workers'
+    // progress reports come every 200 ms, so its edges move by a fraction of a second).
+    assert!((150..=450).contains(&hb), "heartbeats in the hold: {hb}");
+    assert!(hb <= u(&r["heartbeats"]));
+    assert_eq!(u(&r["errors"]["heartbeat_timeout"]), 0);
+    let secs = h["secs"].as_f64().unwrap();
+    assert!((3.0..4.0).contains(&secs), "hold {secs} s");
+    let per = |cpu: &str, us: &str| {
+        let cpu = h[cpu]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{cpu}: {}", h[cpu]));
+        let us = h[us].as_f64().unwrap();
+        assert!((us - cpu * 1e6 / hb as f64).abs() < 1e-6, "{us} us");
+    };
+    per("gateway_cpu_secs", "gateway_cpu_us_per_heartbeat");
+    per("loadgen_cpu_secs", "loadgen_cpu_us_per_heartbeat");
+    assert!(h["loadgen_sys_cpu_secs"].as_f64().unwrap() <= h["loadgen_cpu_secs"].as_f64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_every_publish_to_every_subscriber() {
     let node = start_node().await;
     let (code, r) = loadtest(s(&[

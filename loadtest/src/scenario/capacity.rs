@@ -2,13 +2,12 @@
 //! resident bytes per session (from `/metrics` and, with `--server-pid`, from /proc VmRSS, the
 //! method of reference/rust-stack.md §4), CPU per connect+join, and the connect+join rate.
 
-use super::{base_report, launch_and_ramp, Clock, RunError, STOP_LIMIT};
+use super::{base_report, hold, launch_and_ramp, Clock, RunError, STOP_LIMIT};
 use crate::cli::CapacityArgs;
 use crate::metrics::{proc_cpu_sum, proc_rss_sum, scrape};
 use crate::plan;
 use crate::protocol::Mode;
 use crate::report::{Capacity, Report};
-use std::time::Duration;
 
 /// Runs the scenario.
 pub async fn run(a: &CapacityArgs) -> Result<Report, RunError> {
@@ -30,10 +29,7 @@ pub async fn run(a: &CapacityArgs) -> Result<Report, RunError> {
     let (mut fleet, _) = launch_and_ramp(c, plans).await?;
     let after_ramp = scrape(&nodes).await;
     let cpu_ramp = proc_cpu_sum(&a.server_pids);
-    fleet.note = format!("holding {} s", a.hold_secs);
-    fleet
-        .run_until(Duration::from_secs(a.hold_secs), |_| false)
-        .await?;
+    let held = hold(&mut fleet, &a.server_pids, a.hold_secs).await?;
     let loaded = scrape(&nodes).await;
     let proc_loaded = proc_rss_sum(&a.server_pids);
     let cpu_loaded = proc_cpu_sum(&a.server_pids);
@@ -51,6 +47,7 @@ pub async fn run(a: &CapacityArgs) -> Result<Report, RunError> {
     let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     let proc_ramp = delta(cpu_base, cpu_ramp);
     let ramp_cpu = proc_ramp.unwrap_or(after_ramp.cpu_seconds - baseline.cpu_seconds);
+    report.hold = Some(held);
     report.capacity = Some(Capacity {
         hold_secs: a.hold_secs,
         bytes_per_session_metrics: (loaded.nodes_read > 0)

@@ -15,7 +15,7 @@
 //! cores) spent receiving; with `--floor-writes-per-sec` the full-delivery time is also given
 //! as a ratio to the kernel floor of the same run.
 
-use super::{base_report, launch_and_ramp, Clock, RunError, STOP_LIMIT};
+use super::{base_report, hold, launch_and_ramp, Clock, RunError, STOP_LIMIT};
 use crate::cli::FanoutArgs;
 use crate::fleet::Fleet;
 use crate::metrics::{proc_cpu_times_sum, proc_rss, proc_rss_sum, CpuTimes};
@@ -51,12 +51,11 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
     let clock = Clock::start();
     let (mut fleet, _) = launch_and_ramp(c, plans).await?;
     let joined_by_topic = fleet.joined_by_topic();
-    if a.hold_secs > 0 {
-        fleet.note = format!("holding {} s", a.hold_secs);
-        fleet
-            .run_until(Duration::from_secs(a.hold_secs), |_| false)
-            .await?;
-    }
+    let held = if a.hold_secs > 0 {
+        Some(hold(&mut fleet, &a.server_pids, a.hold_secs).await?)
+    } else {
+        None
+    };
     let at_publish = fleet.totals().active;
     let memory = (a.hold_secs > 0 || !a.server_pids.is_empty()).then(|| {
         let mut m = Memory {
@@ -174,6 +173,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, RunError> {
     fanout.derive();
     report.fanout = Some(fanout);
     report.memory = memory;
+    report.hold = held;
     Ok(report)
 }
 

@@ -9,8 +9,9 @@ pub mod recovery;
 
 use crate::cli::Common;
 use crate::fleet::{self, Fleet, FleetError};
+use crate::metrics::{proc_cpu_times_sum, CpuTimes};
 use crate::plan::{self, PlanError};
-use crate::report::{Hists, Latency, Report};
+use crate::report::{Hists, Hold, Latency, Report};
 use crate::session::now_us;
 use crate::stats::{decode_hist, new_hist, HistError, WorkerStats};
 use hdrhistogram::Histogram;
@@ -96,6 +97,43 @@ pub async fn launch_and_ramp(
         eprintln!("warning: not every worker finished its ramp within --max-secs");
     }
     Ok((fleet, ready))
+}
+
+/// Holds the joined sessions for `secs` (heartbeats, probes) and reads what it cost both sides:
+/// the `server_pids`, and the load generator as this process and its workers.
+pub async fn hold(fleet: &mut Fleet, server_pids: &[u32], secs: u64) -> Result<Hold, RunError> {
+    let loadgen: Vec<u32> = fleet
+        .pids()
+        .into_iter()
+        .chain([std::process::id()])
+        .collect();
+    let read = |fleet: &Fleet| {
+        (
+            proc_cpu_times_sum(server_pids).filter(|_| !server_pids.is_empty()),
+            proc_cpu_times_sum(&loadgen),
+            fleet.totals().heartbeats,
+            Instant::now(),
+        )
+    };
+    let before = read(fleet);
+    fleet.note = format!("holding {secs} s");
+    fleet
+        .run_until(Duration::from_secs(secs), |_| false)
+        .await?;
+    let after = read(fleet);
+    let spent = |a: Option<CpuTimes>, b: Option<CpuTimes>| Some(b?.since(a?));
+    let (gateway, loadgen) = (spent(before.0, after.0), spent(before.1, after.1));
+    let mut h = Hold {
+        secs: (after.3 - before.3).as_secs_f64(),
+        heartbeats: after.2.saturating_sub(before.2),
+        gateway_cpu_secs: gateway.map(CpuTimes::total),
+        gateway_sys_cpu_secs: gateway.map(|c| c.system),
+        loadgen_cpu_secs: loadgen.map(CpuTimes::total),
+        loadgen_sys_cpu_secs: loadgen.map(|c| c.system),
+        ..Default::default()
+    };
+    h.derive();
+    Ok(h)
 }
 
 /// The common part of a report from the workers' final stats.
