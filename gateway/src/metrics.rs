@@ -30,6 +30,11 @@ pub struct Metrics {
     pub channel_crashes: IntCounter,
     /// Messages received from clients, by kind (`text`, `binary`).
     pub messages_in: IntCounterVec,
+    /// `messages_in{kind="text"}`, resolved once: it counts every client message, and a
+    /// label lookup hashes and locks.
+    pub text_in: IntCounter,
+    /// `messages_in{kind="binary"}`, resolved once.
+    pub binary_in: IntCounter,
     /// Bytes received from clients (WebSocket payloads).
     pub bytes_in: IntCounter,
     /// Bytes written to clients.
@@ -206,6 +211,12 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(backend_seconds.clone()))
             .expect("unique metric");
+        let messages_in = counter_vec(
+            &r,
+            "gateway_messages_received_total",
+            "Messages received from clients by kind.",
+            &["kind"],
+        );
         let m = Metrics {
             backend_requests: counter_vec(
                 &r,
@@ -345,12 +356,9 @@ impl Metrics {
                 "gateway_channel_crashes_total",
                 "Channel handler failures answered with phx_error.",
             ),
-            messages_in: counter_vec(
-                &r,
-                "gateway_messages_received_total",
-                "Messages received from clients by kind.",
-                &["kind"],
-            ),
+            text_in: messages_in.with_label_values(&["text"]),
+            binary_in: messages_in.with_label_values(&["binary"]),
+            messages_in,
             bytes_in: counter(
                 &r,
                 "gateway_received_bytes_total",
@@ -453,9 +461,6 @@ impl Metrics {
             "invalid_topic",
         ] {
             self.join_errors.with_label_values(&[r]);
-        }
-        for k in ["text", "binary"] {
-            self.messages_in.with_label_values(&[k]);
         }
         for r in ["stored", "duplicate"] {
             self.history_appends.with_label_values(&[r]);

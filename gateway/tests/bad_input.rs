@@ -88,6 +88,37 @@ async fn oversized_messages_close_1009_also_across_fragments() {
 }
 
 #[tokio::test]
+async fn whole_and_fragmented_messages_alternate_on_one_connection() {
+    // A whole message needs no assembler; a fragmented one (with a ping between its
+    // fragments) gets one only while it lasts; each is answered, in order, either way.
+    let node = node().await;
+    let mut c = node.ws().await;
+    let heartbeat = |r: &str| format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#);
+    let fragmented = |r: &str| {
+        let text = heartbeat(r);
+        let (a, b) = text.as_bytes().split_at(10);
+        let mut bytes = frame(0x01, a, true);
+        bytes.extend(frame(0x89, b"p", true));
+        bytes.extend(frame(0x80, b, true));
+        bytes
+    };
+    for (r, bytes) in [
+        ("1", frame(0x81, heartbeat("1").as_bytes(), true)),
+        ("2", fragmented("2")),
+        ("3", frame(0x81, heartbeat("3").as_bytes(), true)),
+        ("4", fragmented("4")),
+    ] {
+        c.send_raw(&bytes).await;
+        // The pong answering a fragmented message's ping is skipped; no other text comes.
+        let reply = c
+            .until("the heartbeat's reply", |m| m[3] == "phx_reply")
+            .await;
+        assert_eq!(reply[1], r, "reply to heartbeat {r}: {reply}");
+        assert_eq!(reply[4]["status"], "ok");
+    }
+}
+
+#[tokio::test]
 async fn invalid_utf8_closes_1007() {
     let node = node().await;
     closes_with(&node, &frame(0x81, &[b'[', 0xff, 0xfe, b']'], true), 1007).await;

@@ -148,8 +148,11 @@ impl Session {
     /// frame, or a base64 long-poll line). `Err` closes the session with that code.
     pub async fn on_message(&mut self, binary: bool, data: Bytes) -> Result<(), Close> {
         let metrics = &self.core.metrics;
-        let kind = if binary { "binary" } else { "text" };
-        metrics.messages_in.with_label_values(&[kind]).inc();
+        if binary {
+            metrics.binary_in.inc();
+        } else {
+            metrics.text_in.inc();
+        }
         if metrics.per_message {
             metrics.bytes_in.inc_by(data.len() as u64);
         }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::edge::Edge;
 use crate::outbox::{OutItem, OutboxLimits};
 use crate::protocol::websocket::{
-    encode_close, encode_frame, parse_close, parse_frame, Assembler, FrameError, OpCode,
+    encode_close, encode_frame, parse_close, parse_frame, Assembler, Frame, FrameError, OpCode,
 };
 use crate::protocol::{Close, CloseCode};
 use crate::registry::SessionHandle;
@@ -278,11 +278,7 @@ impl Conn {
                         Err(e) => Step::Close(frame_close(e)),
                     };
                 }
-                _ => match self
-                    .asm
-                    .get_or_insert_with(Box::default)
-                    .push(frame, self.limits.max_message)
-                {
+                _ => match self.assemble(frame) {
                     Ok(None) => {}
                     Ok(Some((op, data))) => {
                         let binary = op == OpCode::Binary;
@@ -297,6 +293,22 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// A data frame in, the message it completes out. An unfragmented message (nearly every
+    /// one) passes straight through; the assembler is boxed only while a fragmented message is
+    /// in progress, so a session that sent messages does not keep one.
+    fn assemble(&mut self, frame: Frame) -> Result<Option<(OpCode, Bytes)>, FrameError> {
+        if self.asm.is_none() && frame.fin && matches!(frame.opcode, OpCode::Text | OpCode::Binary)
+        {
+            return Ok(Some((frame.opcode, frame.payload)));
+        }
+        let asm = self.asm.get_or_insert_with(Box::default);
+        let out = asm.push(frame, self.limits.max_message);
+        if !asm.in_progress() {
+            self.asm = None;
+        }
+        out
     }
 
     /// Write what the outbox holds without blocking: `Done` with the close request once
