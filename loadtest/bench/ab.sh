@@ -105,10 +105,10 @@ for r in rates:
     compare(f"fan-out {r}/s deliveries/s", lambda s, i: load(f"{s}-fanout-r{r}-{i}.json")["fanout"]["deliveries_per_sec"])
     compare(f"fan-out {r}/s p99 ms", lambda s, i: load(f"{s}-fanout-r{r}-{i}.json")["fanout"]["latency"]["p99_us"] / 1000)
 if hbeat:
-    # the gateway's CPU over the hold ÷ the heartbeats the sessions sent (nearly all in the hold)
+    # each side's CPU over the hold ÷ the heartbeats the sessions sent in it
     hb = lambda s, i: load(f"{s}-hb-{i}.json")
-    compare("heartbeats: gateway CPU µs/heartbeat", lambda s, i:
-            hb(s, i)["capacity"]["proc_cpu_seconds_hold"] / max(hb(s, i)["heartbeats"], 1) * 1e6)
+    compare("heartbeats: gateway CPU µs/heartbeat", lambda s, i: hb(s, i)["hold"]["gateway_cpu_us_per_heartbeat"])
+    compare("heartbeats: load generator CPU µs/heartbeat", lambda s, i: hb(s, i)["hold"]["loadgen_cpu_us_per_heartbeat"])
     for s in ("old", "new"):
         print(f"  heartbeats: {s} timeouts per run", [hb(s, i)["errors"]["heartbeat_timeout"] for i in range(1, runs + 1)])
 if bcast:
