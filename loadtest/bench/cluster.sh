@@ -3,7 +3,8 @@
 # publisher (POST /api/broadcast) on A, so every delivery crosses Redis. One cluster per
 # invocation, reused across its runs (sessions close between runs); the kernel floor per run.
 # SUBSCRIBER_NODES picks where the subscribers are ("B C" = split over both; "B" = issue 17's
-# goal 3, every subscriber on one node).
+# goal 3, every subscriber on one node). WORKERS=K spreads the subscribers over K load-generator
+# processes (default: one per 8,000), so reading them is not one process's single core.
 #
 #   loadtest/bench/cluster.sh [OUT=target/bench] [SUBSCRIBERS=6000] ["RATE:RUNS RATE:RUNS ..."="10:3"] [SUBSCRIBER_NODES="B C"]
 set -uo pipefail
@@ -29,6 +30,7 @@ for step in $PLAN; do rate=${step%:*}; runs=${step#*:}
     r0=$(cpu_ticks "$REDIS_PID"); t0=$(date +%s.%N); load=$(cut -d' ' -f1-3 /proc/loadavg)
     timeout 120 "$BIN/loadtest" fanout "${SUB_URLS[@]}" \
       --publish-url "http://127.0.0.1:$PA" -n "$N" --topics 1 --rate 100000 --max-inflight 100 \
+      ${WORKERS:+--workers "$WORKERS"} \
       --publish-rate "$rate" --duration-secs 10 --max-secs 60 \
       --server-pid "$GA" --server-pid "$GB" --server-pid "$GC" \
       --json "$OUT/cluster-r$rate-$i.json" -q >"$OUT/cluster-r$rate-$i.txt" 2>"$OUT/cluster-r$rate-$i.err"
