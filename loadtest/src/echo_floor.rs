@@ -9,9 +9,8 @@
 //!
 //! Same two-process layout and CPU readings as [`crate::floor`].
 
-use crate::floor::{connect_child, next_line, reap, say_ready, FloorError};
-use crate::metrics::{proc_cpu_times, CpuTimes};
-use crate::target::source_ip;
+use crate::floor::{connect_child, next_line, reap, run_child, ChildDone, FloorError};
+use crate::metrics::proc_cpu_times;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -79,15 +78,6 @@ impl EchoFloor {
     }
 }
 
-/// The server's last line on stdout.
-#[derive(Debug, Serialize, Deserialize)]
-struct ServerDone {
-    /// Requests answered over all connections.
-    echoes: u64,
-    /// CPU from `ready` to EOF on every connection.
-    cpu: (f64, f64),
-}
-
 /// Measures the echo floor: `n` connections, passes for `secs` seconds, the server's
 /// connections bound to `sources` loopback source addresses.
 pub fn measure(n: usize, secs: f64, sources: u32) -> Result<EchoFloor, FloorError> {
@@ -111,7 +101,7 @@ pub fn measure(n: usize, secs: f64, sources: u32) -> Result<EchoFloor, FloorErro
     let dt = t0.elapsed().as_secs_f64();
     let cpu = proc_cpu_times(me).ok_or(FloorError::Cpu)?.since(cpu0);
     drop(socks);
-    let done: ServerDone = serde_json::from_str(&next_line(&mut lines, "its total")?)?;
+    let done: ChildDone = serde_json::from_str(&next_line(&mut lines, "its total")?)?;
     reap(child)?;
     let per_echo = |cpu: f64| {
         if echoes > 0 {
@@ -119,10 +109,6 @@ pub fn measure(n: usize, secs: f64, sources: u32) -> Result<EchoFloor, FloorErro
         } else {
             0.0
         }
-    };
-    let server = CpuTimes {
-        user: done.cpu.0,
-        system: done.cpu.1,
     };
     Ok(EchoFloor {
         sockets: n,
@@ -135,48 +121,17 @@ pub fn measure(n: usize, secs: f64, sources: u32) -> Result<EchoFloor, FloorErro
         client_cpu_secs: cpu.total(),
         client_sys_cpu_secs: cpu.system,
         client_us_per_echo: per_echo(cpu.total()),
-        server_cpu_secs: server.total(),
-        server_sys_cpu_secs: server.system,
-        server_us_per_echo: per_echo(server.total()),
-        server_echoes: done.echoes,
+        server_cpu_secs: done.cpu_secs,
+        server_sys_cpu_secs: done.sys_cpu_secs,
+        server_us_per_echo: per_echo(done.cpu_secs),
+        server_echoes: done.count,
     })
 }
 
 /// The `floor-reader --echo` child: connects `n` sockets to `addr`, says `ready`, answers every
 /// request until every connection is closed, then prints its count and CPU as one JSON line.
 pub fn server(addr: SocketAddr, n: usize, sources: u32) -> Result<(), FloorError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    rt.block_on(async move {
-        let mut streams = Vec::with_capacity(n);
-        for i in 0..n {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind((source_ip(i as u64, sources), 0).into())?;
-            let s = socket.connect(addr).await?;
-            s.set_nodelay(true)?;
-            streams.push(s);
-        }
-        say_ready()?;
-        let cpu0 = proc_cpu_times(std::process::id()).ok_or(FloorError::Cpu)?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for s in streams {
-            tasks.spawn(echo_all(s));
-        }
-        let mut echoes = 0u64;
-        while let Some(r) = tasks.join_next().await {
-            echoes += r.map_err(|e| FloorError::Reader(e.to_string()))??;
-        }
-        let cpu = proc_cpu_times(std::process::id())
-            .ok_or(FloorError::Cpu)?
-            .since(cpu0);
-        let done = ServerDone {
-            echoes,
-            cpu: (cpu.user, cpu.system),
-        };
-        println!("{}", serde_json::to_string(&done)?);
-        Ok(())
-    })
+    run_child(addr, n, sources, echo_all)
 }
 
 /// Answers every complete request on one connection until EOF; the requests answered.

@@ -93,16 +93,15 @@ impl Floor {
     }
 }
 
-/// The reader's last line on stdout.
+/// The child's last line on stdout (the reader's and the echo server's alike).
 #[derive(Debug, Serialize, Deserialize)]
-struct ReaderDone {
-    /// Bytes read over all connections.
-    bytes: u64,
+pub(crate) struct ChildDone {
+    /// What its connections counted: bytes read (reader), requests answered (echo server).
+    pub count: u64,
     /// CPU seconds from `ready` to EOF on every connection.
-    cpu_secs: f64,
+    pub cpu_secs: f64,
     /// The system part of cpu_secs.
-    #[serde(default)]
-    sys_cpu_secs: f64,
+    pub sys_cpu_secs: f64,
 }
 
 /// Kills the reader if the writer returns early, so no process is left behind.
@@ -188,7 +187,7 @@ pub(crate) fn reap(mut child: ReaderChild) -> Result<(), FloorError> {
 }
 
 /// The child's `ready` line, once every connection is open.
-pub(crate) fn say_ready() -> std::io::Result<()> {
+fn say_ready() -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()
@@ -218,7 +217,7 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
     let cpu = proc_cpu_times(me).ok_or(FloorError::Cpu)?.since(cpu0);
     drop(socks); // EOF on every connection ends the reader
 
-    let done: ReaderDone = serde_json::from_str(&next_line(&mut lines, "its total")?)?;
+    let done: ChildDone = serde_json::from_str(&next_line(&mut lines, "its total")?)?;
     let per_write = |cpu: f64| {
         if writes > 0 {
             cpu * 1e6 / writes as f64
@@ -237,7 +236,7 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
         writer_cpu_secs: cpu.total(),
         writer_us_per_write: per_write(cpu.total()),
         writer_sys_cpu_secs: cpu.system,
-        reader_bytes: done.bytes,
+        reader_bytes: done.count,
         reader_cpu_secs: done.cpu_secs,
         reader_sys_cpu_secs: done.sys_cpu_secs,
         both_us_per_write: per_write(cpu.total() + done.cpu_secs),
@@ -247,6 +246,22 @@ pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor,
 /// The `floor-reader` child: connects `n` sockets to `addr`, says `ready`, reads everything
 /// until every connection is closed, then prints its byte count and CPU as one JSON line.
 pub fn reader(addr: SocketAddr, n: usize, sources: u32) -> Result<(), FloorError> {
+    run_child(addr, n, sources, read_all)
+}
+
+/// A floor child's life: connects `n` sockets to `addr` (one thread, as a gateway worker),
+/// says `ready`, runs `serve` on every connection until each ends, then prints the sum of what
+/// they returned and its CPU from `ready` on as one [`ChildDone`] line.
+pub(crate) fn run_child<F, Fut>(
+    addr: SocketAddr,
+    n: usize,
+    sources: u32,
+    serve: F,
+) -> Result<(), FloorError>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, FloorError>> + Send + 'static,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -255,24 +270,26 @@ pub fn reader(addr: SocketAddr, n: usize, sources: u32) -> Result<(), FloorError
         for i in 0..n {
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.bind((source_ip(i as u64, sources), 0).into())?;
-            streams.push(socket.connect(addr).await?);
+            let s = socket.connect(addr).await?;
+            s.set_nodelay(true)?;
+            streams.push(s);
         }
         say_ready()?;
-        // Idle until the writer starts: from here on the reader's CPU is reading.
+        // Idle until the parent starts: from here on the child's CPU is its work.
         let cpu0 = proc_cpu_times(std::process::id()).ok_or(FloorError::Cpu)?;
         let mut tasks = tokio::task::JoinSet::new();
         for s in streams {
-            tasks.spawn(read_all(s));
+            tasks.spawn(serve(s));
         }
-        let mut bytes = 0u64;
+        let mut count = 0u64;
         while let Some(r) = tasks.join_next().await {
-            bytes += r.map_err(|e| FloorError::Reader(e.to_string()))??;
+            count += r.map_err(|e| FloorError::Reader(e.to_string()))??;
         }
         let cpu: CpuTimes = proc_cpu_times(std::process::id())
             .ok_or(FloorError::Cpu)?
             .since(cpu0);
-        let done = ReaderDone {
-            bytes,
+        let done = ChildDone {
+            count,
             cpu_secs: cpu.total(),
             sys_cpu_secs: cpu.system,
         };

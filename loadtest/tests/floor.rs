@@ -6,13 +6,33 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Runs `loadtest floor ARGS --json FILE`; its JSON and its stdout (the one summary line).
+fn floor(name: &str, args: &[&str]) -> (Value, String) {
+    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("floor")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    (f, stdout)
+}
+
 #[test]
 fn floor_writes_to_every_socket_in_turn_and_the_reader_gets_every_byte() {
-    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("floor-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "floor",
+    let (f, stdout) = floor(
+        "floor",
+        &[
             "-n",
             "300",
             "--secs",
@@ -21,19 +41,8 @@ fn floor_writes_to_every_socket_in_turn_and_the_reader_gets_every_byte() {
             "64",
             "--sources",
             "3",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let f: Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).unwrap();
-    let _ = std::fs::remove_file(&json);
     let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k}: {}", f[k]));
     assert_eq!(num("sockets"), 300.0);
     assert_eq!(num("bytes_per_write"), 64.0);
@@ -59,31 +68,10 @@ fn floor_writes_to_every_socket_in_turn_and_the_reader_gets_every_byte() {
 
 #[test]
 fn echo_floor_answers_every_request_and_counts_both_sides() {
-    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("echo-floor-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "floor",
-            "--echo",
-            "-n",
-            "200",
-            "--secs",
-            "0.5",
-            "--sources",
-            "3",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (f, stdout) = floor(
+        "echo-floor",
+        &["--echo", "-n", "200", "--secs", "0.5", "--sources", "3"],
     );
-    let f: Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).unwrap();
-    let _ = std::fs::remove_file(&json);
     let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k}: {}", f[k]));
     // A heartbeat frame out, a heartbeat reply back: the sizes phoenix.js and the gateway use.
     assert_eq!(num("request_bytes"), 46.0);
