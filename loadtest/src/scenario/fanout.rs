@@ -7,7 +7,8 @@
 //!
 //! With `--hold-secs`, the joined subscribers are held idle that long first, and the memory of
 //! both sides is read at its end (servers by `--server-pid` VmRSS, the load generator as the
-//! VmRSS of the coordinator and its workers). A single publish (`--publish-rate 1
+//! VmRSS of the coordinator and its workers), and both sides' CPU over it goes into `hold`
+//! (per heartbeat, when the sessions heartbeat during it). A single publish (`--publish-rate 1
 //! --duration-secs 1`) then measures one broadcast's time to reach every subscriber.
 //!
 //! CPU is read for both sides from the first publish to the end of the drain, so the report
