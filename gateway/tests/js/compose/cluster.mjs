@@ -108,6 +108,10 @@ test("compose cluster: phoenix.js through the LB, Prometheus sees every node, a 
 
   // stop gateway-2's container: it drains, its WebSocket clients see 1012 and come back
   const eventMarks = ws.map(c => c.events.mark())
+  // a long-poll whose request was on the stopped node errors its channel, which rejoins on
+  // phoenix.js's timer (no `since`): wait for that rejoin too, or the exchange below can race it
+  const messageMarks = chans.map(ch => ch.messages.mark())
+  const joinsBefore = chans.map(ch => ch.joins.count(j => j.status === "ok"))
   const {stdout, stderr} = await promisify(execFile)(STOP_NODE[0], STOP_NODE.slice(1), {timeout: 90000})
   t.diagnostic(`${STOP_NODE.join(" ")}: ${(stdout + stderr).trim()}`)
   const closesOf = (c, i) => c.events.items.slice(eventMarks[i]).filter(e => e.kind === "close")
@@ -121,6 +125,9 @@ test("compose cluster: phoenix.js through the LB, Prometheus sees every node, a 
   }
   await Promise.all(ws.map((c, i) => closesOf(c, i).length > 0
     ? okJoins(chans[i], 2, {timeout: REJOIN_WAIT_MS}) : Promise.resolve()))
+  await Promise.all(chans.map((ch, i) =>
+    ch.messages.items.slice(messageMarks[i]).some(m => m.event === "phx_error")
+      ? okJoins(ch, joinsBefore[i] + 1, {timeout: REJOIN_WAIT_MS}) : Promise.resolve()))
   // a reconnect the LB still sent to the stopped node fails and is retried: count them
   const failed = ws.reduce((n, c, i) => n + Math.max(0, closesOf(c, i).length - 1), 0)
   t.diagnostic(`drained clients: ${closed().map(c => c.name).join(" ")}; failed reconnects before rejoining: ${failed}`)
