@@ -2,8 +2,9 @@
 //! the cluster (local fan-out plus a publish through the PubSub adapter).
 //!
 //! Fan-out is the fastlane: a broadcast is encoded at most once per wire format present among
-//! the topic's subscribers, and the same `Bytes` is queued on every subscriber's outbox (each
-//! session's own task then writes it, coalescing frames that queue up). Channels that intercept
+//! the topic's subscribers, and the same `Bytes` is queued on every subscriber's outbox; a few
+//! tasks then write it to the sessions' sockets (`wakeups`), and a session's own task writes
+//! only what they could not (coalescing frames that queue up meanwhile). Channels that intercept
 //! an event get the broadcast itself instead, to run `handle_out`. The index is sharded by topic
 //! so joins on different topics do not contend. The Hub tells the PubSub adapter when a topic
 //! gets its first local subscriber and when its last one leaves (interest-based subscriptions).
@@ -28,6 +29,7 @@ use crate::outbox::{OutItem, OutboxLimits, Pushed};
 use crate::protocol::{Close, CloseCode, Outgoing, Wire};
 use crate::pubsub::SharedPubSub;
 use crate::registry::SessionHandle;
+use crate::wakeups::Wakeups;
 
 /// Event that, broadcast on a session id topic, closes those sessions.
 pub const DISCONNECT_EVENT: &str = "disconnect";
@@ -412,6 +414,7 @@ impl Hub {
             return 0;
         };
         let mut cache = EncodeCache::default();
+        let mut wakeups = Wakeups::new(&self.metrics);
         let mut delivered = 0;
         for (key, sub) in subs {
             if Some(*key) == exclude {
@@ -456,13 +459,19 @@ impl Hub {
                     }
                 }
             };
-            match sub.session.outbox.push(item, self.limits) {
+            match sub.session.outbox.push_quiet(item, self.limits) {
                 Pushed::Queued => delivered += 1,
+                Pushed::First => {
+                    delivered += 1;
+                    wakeups.add(&sub.session);
+                }
                 Pushed::Overflow => self.metrics.slow_consumers.inc(),
                 Pushed::Closed => {}
             }
         }
         drop(shard);
+        // The last chunk is written here, outside the topic's lock.
+        drop(wakeups);
         if let Some(t) = timer {
             t.observe_duration();
             self.metrics.deliveries.inc_by(delivered as u64);

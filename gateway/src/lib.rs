@@ -51,6 +51,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod transport;
+pub mod wakeups;
 
 use std::future::Future;
 
