@@ -22,8 +22,13 @@ OLD=$(git -C "$ROOT" rev-parse --short "$1") || exit 2
 NEW=$(git -C "$ROOT" rev-parse --short "$2") || exit 2
 RUNS=${3:-3}; OUT=${4:-$ROOT/target/bench-ab}
 N=${N:-15000}; RATES=${RATES-"16 32"}; BCAST=${BCAST:-0}; HBEAT=${HBEAT:-0}
-AB_TARGET=${AB_TARGET:-$OUT/target}
 mkdir -p "$OUT"
+# Absolute: the old side is built from inside its worktree, where a relative target directory
+# would point elsewhere, and the copy below would pick up the seeded build of this checkout
+# (every A/B before 2026-12-06 that was given a relative OUT compared NEW with itself).
+OUT=$(cd "$OUT" && pwd)
+AB_TARGET=${AB_TARGET:-$OUT/target}
+mkdir -p "$AB_TARGET" && AB_TARGET=$(cd "$AB_TARGET" && pwd)
 WTS=()
 cleanup() { stop_all; for w in "${WTS[@]}"; do git -C "$ROOT" worktree remove --force "$w" 2>/dev/null; done; }
 trap cleanup EXIT; trap 'exit 130' INT TERM
@@ -51,6 +56,9 @@ for side in old new; do
   mkdir -p "$OUT/$side" && cp "$AB_TARGET/release/gateway" "$OUT/$side/gateway" && echo "$rev" >"$OUT/$side/rev"
   echo "$side: gateway $rev built $(date -ur "$OUT/$side/gateway" +%FT%TZ)"
 done
+if cmp -s "$OUT/old/gateway" "$OUT/new/gateway"; then
+  echo "the gateways of $OLD and $NEW are the same binary: nothing to compare" >&2; exit 1
+fi
 
 for i in $(seq "$RUNS"); do
   floor "ab-$i"
