@@ -2,9 +2,8 @@
 //! the cluster (local fan-out plus a publish through the PubSub adapter).
 //!
 //! Fan-out is the fastlane: a broadcast is encoded at most once per wire format present among
-//! the topic's subscribers, and the same `Bytes` is queued on every subscriber's outbox; a few
-//! tasks then write it to the sessions' sockets, or during a burst each session's own task does
-//! (coalescing frames that queue up meanwhile; see `wakeups`). Channels that intercept
+//! the topic's subscribers, and the same `Bytes` is queued on every subscriber's outbox (each
+//! session's own task then writes it, coalescing frames that queue up). Channels that intercept
 //! an event get the broadcast itself instead, to run `handle_out`. The index is sharded by topic
 //! so joins on different topics do not contend. The Hub tells the PubSub adapter when a topic
 //! gets its first local subscriber and when its last one leaves (interest-based subscriptions).
@@ -29,7 +28,6 @@ use crate::outbox::{OutItem, OutboxLimits, Pushed};
 use crate::protocol::{Close, CloseCode, Outgoing, Wire};
 use crate::pubsub::SharedPubSub;
 use crate::registry::SessionHandle;
-use crate::wakeups::{Wakeups, Writing};
 
 /// Event that, broadcast on a session id topic, closes those sessions.
 pub const DISCONNECT_EVENT: &str = "disconnect";
@@ -107,8 +105,6 @@ pub struct Hub {
     seeds: Option<mpsc::Sender<Seed>>,
     /// Counters.
     metrics: Arc<Metrics>,
-    /// Fan-outs still being written by writing tasks (`wakeups`).
-    writing: Arc<Writing>,
 }
 
 /// A topic and the position a join on this node told its client it stands at.
@@ -161,7 +157,6 @@ impl Hub {
             seeds,
             limits,
             metrics,
-            writing: Arc::default(),
         }
     }
 
@@ -417,7 +412,6 @@ impl Hub {
             return 0;
         };
         let mut cache = EncodeCache::default();
-        let mut wakeups = Wakeups::new(&self.metrics, &self.writing);
         let mut delivered = 0;
         for (key, sub) in subs {
             if Some(*key) == exclude {
@@ -462,25 +456,13 @@ impl Hub {
                     }
                 }
             };
-            let pushed = match &mut wakeups {
-                Some(_) => sub.session.outbox.push_quiet(item, self.limits),
-                None => sub.session.outbox.push(item, self.limits),
-            };
-            match pushed {
+            match sub.session.outbox.push(item, self.limits) {
                 Pushed::Queued => delivered += 1,
-                Pushed::First => {
-                    delivered += 1;
-                    if let Some(w) = &mut wakeups {
-                        w.add(&sub.session);
-                    }
-                }
                 Pushed::Overflow => self.metrics.slow_consumers.inc(),
                 Pushed::Closed => {}
             }
         }
         drop(shard);
-        // The last chunk is written (or spawned) here, outside the topic's lock.
-        drop(wakeups);
         if let Some(t) = timer {
             t.observe_duration();
             self.metrics.deliveries.inc_by(delivered as u64);

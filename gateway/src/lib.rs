@@ -51,7 +51,6 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod transport;
-pub mod wakeups;
 
 use std::future::Future;
 

@@ -2,9 +2,6 @@
 //! idle. No read buffer exists while nothing is in flight (it is allocated when bytes arrive and
 //! dropped once every complete frame is consumed), and there is no writer task: the same task
 //! writes whatever the outbox holds, several frames per vectored write when they queued up.
-//! The socket is shared with the outbox while the connection runs, so a fan-out can write a
-//! broadcast itself without waking this task (see `Outbox::write_or_wake`); the connection
-//! takes it back before its close frame.
 //!
 //! Readiness waits (`readable`, `writable`, outbox wake-ups) are cancel-safe, so they can share
 //! one `select!`; the non-cancel-safe work (parsing and handling frames) runs outside it.
@@ -21,7 +18,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::edge::Edge;
-use crate::outbox::{advance, frames_iov, OutItem, OutboxLimits, MAX_IOV};
+use crate::outbox::{OutItem, OutboxLimits};
 use crate::protocol::websocket::{
     encode_close, encode_frame, parse_close, parse_frame, Assembler, Frame, FrameError, OpCode,
 };
@@ -72,12 +69,12 @@ impl Ended {
     }
 }
 
+const MAX_IOV: usize = 64;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// One WebSocket connection.
 pub struct Conn {
-    /// The socket; its outbox holds the other reference while direct writes are allowed.
-    stream: Arc<TcpStream>,
+    stream: TcpStream,
     /// The node's edge (metrics, clock).
     edge: Arc<Edge>,
     /// The session's outbox and liveness.
@@ -121,8 +118,6 @@ impl Conn {
         limits: ConnLimits,
     ) -> Self {
         let rbuf = (!leftover.is_empty()).then(|| BytesMut::from(&leftover[..]));
-        let stream = Arc::new(stream);
-        session.outbox.attach(stream.clone());
         Conn {
             stream,
             edge,
@@ -143,8 +138,6 @@ impl Conn {
     }
 
     async fn finish<H: Handler>(&mut self, step: io::Result<Step>, handler: &mut H) -> Ended {
-        // From here only this task writes: whatever it sends last (a close frame) stays last.
-        self.session.outbox.detach();
         let ended = match step {
             Ok(Step::Close(close)) => {
                 self.close(close, handler).await;
@@ -155,17 +148,13 @@ impl Conn {
                     Some(c) => encode_close(c, ""),
                     None => encode_frame(OpCode::Close, &[]),
                 };
-                if let Some(stream) = Arc::get_mut(&mut self.stream) {
-                    let _ = tokio::time::timeout(CLOSE_LINGER, stream.write_all(&frame)).await;
-                }
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.stream.write_all(&frame)).await;
                 Ended::ByClient
             }
             Ok(Step::Eof) | Ok(Step::Continue) => Ended::ByClient,
             Err(_) => Ended::Error,
         };
-        if let Some(stream) = Arc::get_mut(&mut self.stream) {
-            let _ = stream.shutdown().await;
-        }
+        let _ = self.stream.shutdown().await;
         ended
     }
 
@@ -328,9 +317,7 @@ impl Conn {
     fn flush(&mut self) -> io::Result<Flushed> {
         loop {
             let close = if self.pending.is_empty() {
-                self.session
-                    .outbox
-                    .take_to_write(&mut self.pending, &mut self.offset)
+                self.session.outbox.take(&mut self.pending)
             } else {
                 None
             };
@@ -348,7 +335,13 @@ impl Conn {
                 return Ok(Flushed::Intercepts);
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let n_iov = frames_iov(&self.pending, self.offset, &mut iov);
+            let mut n_iov = 0;
+            for (i, item) in self.pending.iter().take(MAX_IOV).enumerate() {
+                if let OutItem::Frame(b) = item {
+                    iov[n_iov] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                    n_iov += 1;
+                }
+            }
             match self.stream.try_write_vectored(&iov[..n_iov]) {
                 Ok(n) => {
                     let metrics = self.edge.metrics();
@@ -385,10 +378,22 @@ impl Conn {
         }
     }
 
-    fn consume(&mut self, n: usize) {
-        let done = advance(&mut self.pending, &mut self.offset, n);
-        if self.edge.metrics().per_message {
-            self.edge.metrics().frames_out.inc_by(done.frames as u64);
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(OutItem::Frame(front)) = self.pending.front_mut() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.pending.pop_front();
+            if self.edge.metrics().per_message {
+                self.edge.metrics().frames_out.inc();
+            }
         }
         if self.pending.is_empty() && self.pending.capacity() > 16 {
             self.pending = VecDeque::new(); // do not keep a burst's queue on an idle session
@@ -416,11 +421,8 @@ impl Conn {
         if self.offset > 0 {
             return; // a frame is half written: a close frame now would corrupt the stream
         }
-        let Some(stream) = Arc::get_mut(&mut self.stream) else {
-            return; // still shared: `finish` detaches first, so this does not happen
-        };
         let frame = encode_close(close.code, close.reason);
-        if tokio::time::timeout(CLOSE_LINGER, stream.write_all(&frame))
+        if tokio::time::timeout(CLOSE_LINGER, self.stream.write_all(&frame))
             .await
             .is_err()
         {
@@ -429,21 +431,13 @@ impl Conn {
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             let mut sink = vec![0u8; 512];
             loop {
-                match tokio::io::AsyncReadExt::read(stream, &mut sink).await {
+                match tokio::io::AsyncReadExt::read(&mut self.stream, &mut sink).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
             }
         })
         .await;
-    }
-}
-
-impl Drop for Conn {
-    /// A connection dropped without `finish` (its task cancelled at runtime shutdown) must not
-    /// leave its socket open through the outbox.
-    fn drop(&mut self) {
-        self.session.outbox.detach();
     }
 }
 
