@@ -306,11 +306,14 @@ export async function awaitMesh(topic, nodes, channels, {timeout = 10000, roundW
   const deadline = Date.now() + timeout
   for(let round = 1; ; round++){
     const marks = channels.map(ch => ch.messages.mark())
-    const answers = await Promise.all(nodes.map(n => apiBroadcast(n, topic, "mesh_probe", {round, from: n.name})))
-    answers.forEach((a, i) => {
-      if(a.status < 200 || a.status >= 300){ throw new Error(`mesh probe on ${nodes[i].name}: HTTP ${a.status} ${a.text}`) }
-    })
     try {
+      // A probe that is refused or times out is retried with the next round: a load balancer
+      // still routes to a node that just stopped until its health check marks it down.
+      const answers = await Promise.all(nodes.map(n => apiBroadcast(n, topic, "mesh_probe", {round, from: n.name})
+        .catch(err => ({status: 0, text: `${err.name}: ${err.message}`}))))
+      answers.forEach((a, i) => {
+        if(a.status < 200 || a.status >= 300){ throw new Error(`mesh probe on ${nodes[i].name}: HTTP ${a.status} ${a.text}`) }
+      })
       await Promise.all(channels.flatMap((ch, i) => nodes.map(n => ch.messages.waitFor(
         m => m.event === "mesh_probe" && m.payload.round === round && m.payload.from === n.name,
         // later rounds wait longer, so a slow machine still completes one
