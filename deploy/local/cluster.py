@@ -196,7 +196,7 @@ global
 
 defaults
     mode http
-    timeout connect 5s
+    timeout connect 1s
     timeout client 120s
     timeout server 120s
     # an upgraded WebSocket is a tunnel: the gateway closes idle ones after 60 s itself
