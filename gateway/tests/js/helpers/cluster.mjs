@@ -177,17 +177,22 @@ export async function startCluster(fx, n, {args = [], names = null, config = nul
  * An HTTP reverse proxy on 127.0.0.1:0 in front of several nodes that sends every request
  * (and every WebSocket upgrade) to a different node than the one before, in turn. It stands
  * for a load balancer without sticky sessions. With `refuseUpgrades` every WebSocket upgrade is
- * answered 403 instead (a middlebox that blocks WebSockets).
+ * answered 403 instead (a middlebox that blocks WebSockets). With `perMethod` each method (and
+ * upgrades) takes its own turn, so consecutive GETs differ and consecutive POSTs differ whatever
+ * interleaves them: a test that needs both kinds on every node gets it in two of each, instead
+ * of depending on how many polls happened to fall between two sends.
  *
  * `log` records {method, path, node} per request and {upgrade: true, node|refused} per upgrade.
  * Fields like a Gateway's: `host`, `port`, `httpUrl`, `socketUrl`.
  */
 export class RoundRobinProxy {
-  constructor(targets, {refuseUpgrades = false} = {}){
+  constructor(targets, {refuseUpgrades = false, perMethod = false} = {}){
     if(targets.length < 1){ throw new Error("proxy needs at least one target") }
     this.targets = targets
     this.refuseUpgrades = refuseUpgrades
-    this.next = 0
+    this.perMethod = perMethod
+    /** The next target's index per turn ("*" for all requests, else per method). */
+    this.next = new Map()
     this.log = []
     this.sockets = new Set()
     this.agent = new http.Agent({keepAlive: true})
@@ -197,22 +202,22 @@ export class RoundRobinProxy {
     this.name = "proxy"
   }
 
-  /** The next target; consecutive picks differ whenever there are two or more targets. */
-  pick(){
-    const index = this.next
-    this.next = (this.next + 1) % this.targets.length
+  /** The next target; consecutive picks of one turn differ whenever there are two or more targets. */
+  pick(method){
+    const turn = this.perMethod ? method : "*"
+    const index = (this.next.get(turn) ?? 0) % this.targets.length
+    this.next.set(turn, (index + 1) % this.targets.length)
     return index
   }
 
   /** Takes `gw` out of the rotation, as a load balancer's health check does with a dead node. */
   remove(gw){
     this.targets = this.targets.filter(t => t !== gw)
-    this.next = 0
+    this.next.clear()
   }
 
   forward(req, res){
-    const index = this.pick()
-    const target = this.targets[index]
+    const target = this.targets[this.pick(req.method)]
     this.log.push({method: req.method, path: req.url, node: target.name})
     const headers = {...req.headers, host: `${target.host}:${target.port}`}
     const up = http.request({host: target.host, port: target.port, method: req.method, path: req.url, headers, agent: this.agent}, upRes => {
@@ -236,7 +241,7 @@ export class RoundRobinProxy {
       socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
       return
     }
-    const target = this.targets[this.pick()]
+    const target = this.targets[this.pick("upgrade")]
     this.log.push({upgrade: true, path: req.url, node: target.name})
     const upstream = net.connect(target.port, target.host, () => {
       // replay the request head as received (raw header pairs keep order and case)
