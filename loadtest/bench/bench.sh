@@ -5,7 +5,8 @@
 #   loadtest/bench/bench.sh [SECTION=all] [RUNS=3] [OUT=target/bench]
 #
 # SECTION: all | capacity (§1 bytes/session, §2 connect+join) | fanout (§3, RATES publishes/s) |
-#          broadcast (one broadcast to N on one node, full delivery ÷ floor) | heartbeat (N
+#          broadcast (one broadcast to N on one node, full delivery ÷ floor, and ÷ the round
+#          floor: one write to each of N idle readers, `loadtest floor --rounds`) | heartbeat (N
 #          sessions heartbeating every second for HB_HOLD s: CPU per heartbeat of the gateway
 #          and of the load generator ÷ the echo floor's, `loadtest floor --echo`, of the same
 #          run) | failover (§4) | cluster (§5) | metrics (§8); `all` runs every one of them.
@@ -57,9 +58,11 @@ broadcast() { # one broadcast to N subscribers of one node (issue 17, goal 2)
   local envs=${BCAST_ENVS:-} e pre
   for i in $(seq "$RUNS"); do
     floor "bcast-$i"
+    round_floor "bcast-$i"
     for e in ${envs:-default}; do
       pre=""; [ -n "$envs" ] && pre="$(echo "$e" | tr '=,' '--')-"
-      [ -n "$pre" ] && cp "$OUT/floor-bcast-$i.json" "$OUT/floor-${pre}bcast-$i.json"
+      [ -n "$pre" ] && cp "$OUT/floor-bcast-$i.json" "$OUT/floor-${pre}bcast-$i.json" \
+        && cp "$OUT/round-floor-bcast-$i.json" "$OUT/round-floor-${pre}bcast-$i.json"
       local ne=""; [ "$e" = default ] || ne=${e//,/ }
       NODE_ENV=$ne start_node "${pre}bcast-$i" || exit 1
       one_broadcast "${pre}bcast-$i" || exit 1

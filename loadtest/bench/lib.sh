@@ -54,6 +54,15 @@ echo_floor() {
   sed "s/^/[$1] /" "$OUT/echo-floor-$1.txt"
 }
 
+# round_floor TAG: the floor of one broadcast now (loadtest floor --rounds FLOOR_ROUNDS: one
+# write to each of FLOOR_N idle readers per round, first write to last byte); prints its line,
+# writes $OUT/round-floor-TAG.json.
+round_floor() {
+  "$BIN/loadtest" floor --rounds "${FLOOR_ROUNDS:-5}" -n "$FLOOR_N" --json "$OUT/round-floor-$1.json" \
+    >"$OUT/round-floor-$1.txt" || { echo "round floor $1 failed" >&2; exit 1; }
+  sed "s/^/[$1] /" "$OUT/round-floor-$1.txt"
+}
+
 # one_broadcast TAG: after a 2 s hold of N joined subscribers of one topic on the node at
 # NODE_PORT (pid NODE_PID), one broadcast, timed against the run's FLOOR (issue 17 goal 2);
 # writes $OUT/TAG.json and $OUT/TAG.txt.

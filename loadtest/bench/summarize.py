@@ -28,6 +28,12 @@ def floor(tag):
     return f["writes_per_sec"] if f else None
 
 
+def round_floor(tag):
+    """The one-broadcast floor of run tag (bench.sh broadcast): writes/s of its median round."""
+    f = load(f"round-floor-{tag}.json")
+    return f["writes_per_sec"] if f else None
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -94,17 +100,21 @@ def fanout_block(title, name, floor_tag):
         if f["publishes_ok"] != 1:
             row["full"] = None
         row["full_ratio"] = (row["full"] / (row["expected"] / fl)) if row["full"] and fl else None
+        rfl = round_floor(PRE + floor_tag.replace("{i}", str(i)))
+        row["round_ratio"] = (row["full"] / (row["expected"] / rfl)) if row["full"] and rfl else None
         rows.append(row)
         print(f"  run {i}: {f['unique']}/{f['expected']} loss {f['loss']} dup {f['duplicates']} {row['dps']:,.0f}/s"
               f" p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms | cpu/delivery gateway {fmt(row['gw'], '.2f')} us,"
               f" load generator {fmt(row['lg'], '.2f')} us | floor {fmt(fl)} writes/s, deliveries/s ÷ floor"
               f" {fmt(row['ratio'], '.2f')}" + (f" | full delivery {row['full']:.3f} s = {fmt(row['full_ratio'], '.2f')}"
-                                               f" × ({row['expected']:,} ÷ floor)" if row["full"] else ""))
+                                               f" × ({row['expected']:,} ÷ floor)" if row["full"] else "")
+              + (f", {fmt(row['round_ratio'], '.2f')} × the round floor's" if row["round_ratio"] else ""))
     m = {k: med([r[k] for r in rows]) for k in rows[0]}
     print(f"  MEDIAN {fmt(m['dps'])} deliveries/s (same-run ÷ floor {fmt(m['ratio'], '.2f')}), p50 {m['p50']:.1f} ms,"
           f" p99 {m['p99']:.1f} ms, cpu/delivery gateway {fmt(m['gw'], '.2f')} us, generator {fmt(m['lg'], '.2f')} us,"
           f" floor {fmt(m['floor'])}" + (f", full delivery {m['full']:.3f} s, ÷ floor time {fmt(m['full_ratio'], '.2f')}"
-                                         if m["full"] else ""))
+                                         if m["full"] else "")
+          + (f", ÷ round floor time {fmt(m['round_ratio'], '.2f')}" if m["round_ratio"] else ""))
     return m
 
 

@@ -67,6 +67,14 @@ pub struct FloorArgs {
     /// echoes/s and CPU µs per echo of the answering side and of the asking side.
     #[arg(long)]
     pub echo: bool,
+    /// The floor of one broadcast instead: this many rounds of one write to each connection,
+    /// each after `--gap-ms` in which the reader sleeps, timed from the first write to the
+    /// reader's last byte (`--secs` is not used).
+    #[arg(long, conflicts_with = "echo")]
+    pub rounds: Option<u32>,
+    /// Idle time before each `--rounds` round, milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub gap_ms: u64,
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -87,6 +95,9 @@ pub struct FloorReaderArgs {
     /// Answer requests (`floor --echo`) instead of draining.
     #[arg(long)]
     pub echo: bool,
+    /// Drain, and print a line each time this many more bytes have arrived (`floor --rounds`).
+    #[arg(long, conflicts_with = "echo")]
+    pub round_bytes: Option<u64>,
 }
 
 /// Flags shared by every scenario.

@@ -9,7 +9,7 @@
 //!
 //! Same two-process layout and CPU readings as [`crate::floor`].
 
-use crate::floor::{connect_child, next_line, reap, run_child, ChildDone, FloorError};
+use crate::floor::{connect_child, next_line, reap, run_child, ChildDone, ChildKind, FloorError};
 use crate::metrics::proc_cpu_times;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -81,7 +81,7 @@ impl EchoFloor {
 /// Measures the echo floor: `n` connections, passes for `secs` seconds, the server's
 /// connections bound to `sources` loopback source addresses.
 pub fn measure(n: usize, secs: f64, sources: u32) -> Result<EchoFloor, FloorError> {
-    let (child, mut lines, mut socks) = connect_child(n, sources, true)?;
+    let (child, mut lines, mut socks) = connect_child(n, sources, ChildKind::Echo)?;
     let request = [b'h'; REQUEST_BYTES];
     let mut reply = [0u8; REPLY_BYTES];
     let me = std::process::id();

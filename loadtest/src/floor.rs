@@ -119,21 +119,39 @@ impl Drop for ReaderChild {
 /// The child's stdout, one line per message.
 pub(crate) type ChildLines = std::io::Lines<BufReader<ChildStdout>>;
 
-/// Starts the `floor-reader` child (`--echo`: the echo server) with `n` connections to a
-/// listener of this process spread over `sources` addresses, and waits until every one is
-/// accepted. The caller owns this process's ends.
+/// What the `floor-reader` child does with its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildKind {
+    /// Drain them (the floor's reader).
+    Reader,
+    /// Answer requests (`floor --echo`).
+    Echo,
+    /// Drain them and print a line each time this many more bytes have arrived in all (the
+    /// end of one broadcast round, `floor --rounds`).
+    Rounds(u64),
+}
+
+/// Starts the `floor-reader` child of `kind` with `n` connections to a listener of this
+/// process spread over `sources` addresses, and waits until every one is accepted. The caller
+/// owns this process's ends.
 pub(crate) fn connect_child(
     n: usize,
     sources: u32,
-    echo: bool,
+    kind: ChildKind,
 ) -> Result<(ReaderChild, ChildLines, Vec<TcpStream>), FloorError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["floor-reader", "--connect", &addr.to_string()])
         .args(["-n", &n.to_string(), "--sources", &sources.to_string()]);
-    if echo {
-        cmd.arg("--echo");
+    match kind {
+        ChildKind::Reader => {}
+        ChildKind::Echo => {
+            cmd.arg("--echo");
+        }
+        ChildKind::Rounds(bytes) => {
+            cmd.args(["--round-bytes", &bytes.to_string()]);
+        }
     }
     let mut child = ReaderChild(
         cmd.stdin(Stdio::null())
@@ -196,7 +214,7 @@ fn say_ready() -> std::io::Result<()> {
 /// Measures the floor: `n` connections, writes of `bytes` for `secs` seconds, the reader's
 /// connections bound to `sources` loopback source addresses (127.0.0.2 ..).
 pub fn measure(n: usize, secs: f64, bytes: usize, sources: u32) -> Result<Floor, FloorError> {
-    let (child, mut lines, mut socks) = connect_child(n, sources, false)?;
+    let (child, mut lines, mut socks) = connect_child(n, sources, ChildKind::Reader)?;
 
     let msg = vec![b'x'; bytes.max(1)];
     let me = std::process::id();
@@ -312,7 +330,7 @@ async fn read_all(s: tokio::net::TcpStream) -> Result<u64, FloorError> {
 }
 
 /// Reads what is there into a stack buffer (an idle connection owns none); (bytes, EOF seen).
-fn drain(s: &tokio::net::TcpStream) -> std::io::Result<(u64, bool)> {
+pub(crate) fn drain(s: &tokio::net::TcpStream) -> std::io::Result<(u64, bool)> {
     let mut buf = [0u8; 16384];
     let mut got = 0u64;
     loop {

@@ -18,6 +18,7 @@ mod publisher;
 mod rejoin;
 mod replay;
 mod report;
+mod round_floor;
 mod scenario;
 mod session;
 mod slo;
@@ -41,10 +42,10 @@ fn main() -> ExitCode {
     match &cli.cmd {
         Cmd::Floor(a) => return floor_main(a),
         Cmd::FloorReader(a) => {
-            let served = if a.echo {
-                echo_floor::server(a.connect, a.sockets, a.sources)
-            } else {
-                floor::reader(a.connect, a.sockets, a.sources)
+            let served = match (a.echo, a.round_bytes) {
+                (true, _) => echo_floor::server(a.connect, a.sockets, a.sources),
+                (false, Some(b)) => round_floor::reader(a.connect, a.sockets, a.sources, b),
+                (false, None) => floor::reader(a.connect, a.sockets, a.sources),
             };
             return match served {
                 Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +138,10 @@ fn floor_main(a: &cli::FloorArgs) -> ExitCode {
     let run = || -> Result<String, floor::FloorError> {
         let (line, json) = if a.echo {
             let f = echo_floor::measure(a.sockets, a.secs, a.sources)?;
+            (f.line(), serde_json::to_vec_pretty(&f)?)
+        } else if let Some(rounds) = a.rounds {
+            let gap = std::time::Duration::from_millis(a.gap_ms);
+            let f = round_floor::measure(a.sockets, rounds, a.bytes, a.sources, gap)?;
             (f.line(), serde_json::to_vec_pretty(&f)?)
         } else {
             let f = floor::measure(a.sockets, a.secs, a.bytes, a.sources)?;

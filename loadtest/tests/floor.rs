@@ -93,3 +93,48 @@ fn echo_floor_answers_every_request_and_counts_both_sides() {
         "one summary line: {stdout}"
     );
 }
+
+#[test]
+fn round_floor_times_each_round_to_its_last_byte() {
+    let (f, stdout) = floor(
+        "round-floor",
+        &[
+            "--rounds",
+            "3",
+            "--gap-ms",
+            "20",
+            "-n",
+            "250",
+            "--bytes",
+            "80",
+            "--sources",
+            "3",
+        ],
+    );
+    let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k}: {}", f[k]));
+    assert_eq!(num("sockets"), 250.0);
+    assert_eq!(num("bytes_per_write"), 80.0);
+    assert_eq!(num("gap_ms"), 20.0);
+    // One time per round, each from the first write to the reader's last byte: more than
+    // nothing, and less than the run (the reader announced each round, or the run would fail).
+    let rounds: Vec<f64> = f["round_secs"]
+        .as_array()
+        .expect("round_secs")
+        .iter()
+        .map(|v| v.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(rounds.len(), 3);
+    assert!(rounds.iter().all(|&s| s > 0.0 && s < 30.0), "{rounds:?}");
+    let mut sorted = rounds.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(num("median_round_secs"), sorted[1]);
+    assert!((num("writes_per_sec") - 250.0 / sorted[1]).abs() < 1e-6 * num("writes_per_sec"));
+    let (w, r) = (num("writer_us_per_write"), num("reader_us_per_write"));
+    // /proc counts CPU in clock ticks: 750 small writes may round to zero.
+    assert!(w >= 0.0 && r >= 0.0, "writer {w} reader {r}");
+    assert!((num("both_us_per_write") - (w + r)).abs() < 1e-6);
+    assert!(
+        stdout.starts_with("round floor: 3 rounds of 250 writes of 80 B"),
+        "one summary line: {stdout}"
+    );
+}
