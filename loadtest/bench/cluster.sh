@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # §5: cross-node broadcast. One redis-server, three nodes A B C; subscribers on B and C only,
 # publisher (POST /api/broadcast) on A, so every delivery crosses Redis. One cluster per
-# invocation, reused across its runs (sessions close between runs); the kernel floor per run.
+# invocation, reused across its runs (sessions close between runs); the kernel floor per run,
+# and the floor of one broadcast to SUBSCRIBERS idle readers (`loadtest floor --rounds`).
 # SUBSCRIBER_NODES picks where the subscribers are ("B C" = split over both; "B" = issue 17's
 # goal 3, every subscriber on one node). WORKERS=K spreads the subscribers over K load-generator
 # processes (default: one per 8,000), so reading them is not one process's single core.
@@ -27,6 +28,9 @@ done
 for step in $PLAN; do rate=${step%:*}; runs=${step#*:}
   for i in $(seq "$runs"); do
     floor "cl-r$rate-$i"
+    # the floor of one broadcast to as many idle readers as there are subscribers: what the
+    # p99 of a delivery to them is compared with
+    FLOOR_N=$N round_floor "cl-r$rate-$i"
     r0=$(cpu_ticks "$REDIS_PID"); t0=$(date +%s.%N); load=$(cut -d' ' -f1-3 /proc/loadavg)
     timeout 120 "$BIN/loadtest" fanout "${SUB_URLS[@]}" \
       --publish-url "http://127.0.0.1:$PA" -n "$N" --topics 1 --rate 100000 --max-inflight 100 \
@@ -37,11 +41,14 @@ for step in $PLAN; do rate=${step%:*}; runs=${step#*:}
     rc=$?; r1=$(cpu_ticks "$REDIS_PID"); t1=$(date +%s.%N)
     echo "{\"redis_cpu_secs\": $(( r1 - r0 ))e-2, \"wall_secs\": $(awk "BEGIN{print $t1 - $t0}"), \"load\": \"$load\", \"rc\": $rc}" \
       >"$OUT/cluster-r$rate-$i.redis.json"
-    python3 - "$OUT/cluster-r$rate-$i.json" "$OUT/cluster-r$rate-$i.redis.json" "$rate" "$i" <<'PY'
+    python3 - "$OUT/cluster-r$rate-$i.json" "$OUT/cluster-r$rate-$i.redis.json" "$rate" "$i" \
+      "$OUT/round-floor-cl-r$rate-$i.json" <<'PY'
 import json, sys
 fo = json.load(open(sys.argv[1]))["fanout"]; rd = json.load(open(sys.argv[2])); L = fo["latency"]
+rf = json.load(open(sys.argv[5]))["median_round_secs"] * 1000
 print(f"rate={sys.argv[3]} run={sys.argv[4]} rc={rd['rc']} joined={sum(fo['joined_by_topic'])} publishes_ok={fo['publishes_ok']} "
       f"deliv/s={fo['deliveries_per_sec']:.0f} p50={L['p50_us']/1000:.1f}ms p99={L['p99_us']/1000:.1f}ms "
+      f"(round floor {rf:.1f} ms, p99 ÷ it {L['p99_us']/1000/rf:.2f}) "
       f"loss={fo['loss']} dup={fo['duplicates']} redis_cpu={rd['redis_cpu_secs']:.2f}s over {rd['wall_secs']:.1f}s load={rd['load']}")
 PY
     [ "$rc" = 0 ] || exit 1
