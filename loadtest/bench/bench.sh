@@ -11,7 +11,9 @@
 #          and of the load generator ÷ the echo floor's, `loadtest floor --echo`, of the same
 #          run) | failover (§4) | cluster (§5) | metrics (§8); `all` runs every one of them.
 # NODE_ENV="NAME=VALUE ..." is put in every gateway's environment; for `broadcast`,
-# BCAST_ENVS="default TOKIO_WORKER_THREADS=1" compares environments run by run (same floor).
+# BCAST_ENVS="default TOKIO_WORKER_THREADS=1" compares environments run by run (same floor);
+# each is also this script's for that broadcast, so "default LT_WORKERS=1" compares the load
+# generator's processes (lib.sh one_broadcast).
 # Every measurement gets a fresh gateway (so RSS baselines are clean); every run measures the
 # floor (`loadtest floor`) next to it, and the summary gives medians of RUNS runs and the medians
 # of the same-run ratios to the floor. Raw JSON reports and logs stay in OUT.
@@ -65,7 +67,8 @@ broadcast() { # one broadcast to N subscribers of one node (issue 17, goal 2)
         && cp "$OUT/round-floor-bcast-$i.json" "$OUT/round-floor-${pre}bcast-$i.json"
       local ne=""; [ "$e" = default ] || ne=${e//,/ }
       NODE_ENV=$ne start_node "${pre}bcast-$i" || exit 1
-      one_broadcast "${pre}bcast-$i" || exit 1
+      # shellcheck disable=SC2086 # NAME=VALUE words on purpose
+      ( [ -z "$ne" ] || export $ne; one_broadcast "${pre}bcast-$i" ) || exit 1
       stop_pid "$NODE_PID"
     done
   done
