@@ -12,7 +12,7 @@
 #          run) | failover (§4) | cluster (§5) | metrics (§8); `all` runs every one of them.
 # NODE_ENV="NAME=VALUE ..." is put in every gateway's environment; for `broadcast`,
 # BCAST_ENVS="default TOKIO_WORKER_THREADS=1" compares environments run by run (same floor);
-# each is also this script's for that broadcast, so "default LT_WORKERS=1" compares the load
+# each is also this script's for that broadcast, so "default LT_WORKERS=2" compares the load
 # generator's processes (lib.sh one_broadcast).
 # Every measurement gets a fresh gateway (so RSS baselines are clean); every run measures the
 # floor (`loadtest floor`) next to it, and the summary gives medians of RUNS runs and the medians

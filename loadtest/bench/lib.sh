@@ -65,11 +65,13 @@ round_floor() {
 
 # one_broadcast TAG: after a 2 s hold of N joined subscribers of one topic on the node at
 # NODE_PORT (pid NODE_PID), one broadcast, timed against the run's FLOOR (issue 17 goal 2);
-# writes $OUT/TAG.json and $OUT/TAG.txt. LT_WORKERS=K: K load-generator processes (default:
-# the load generator's, one per 8,000 sessions).
+# writes $OUT/TAG.json and $OUT/TAG.txt. LT_WORKERS=K load-generator processes read the N
+# sessions; one by default, as the floor has one reader: one busy reader is woken less often
+# than two that each wait for half the frames, and costs ≈24 % less CPU per delivery (BENCHMARKS
+# §9, "One load-generator process"). N must stay under the 20,000 descriptors of one process.
 one_broadcast() {
   "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
-    ${LT_WORKERS:+--workers "$LT_WORKERS"} \
+    --workers "${LT_WORKERS:-1}" \
     --max-inflight 100 --hold-secs 2 --heartbeat-secs 300 --publish-rate 1 --duration-secs 1 \
     --server-pid "$NODE_PID" --floor-writes-per-sec "$FLOOR" \
     --json "$OUT/$1.json" -q >"$OUT/$1.txt"
