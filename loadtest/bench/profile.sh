@@ -3,7 +3,8 @@
 # BROADCASTS broadcasts one second apart; `perf record -a -g` over the machine while they are
 # delivered, `perf stat` (context switches, task clock) of the gateway and of the load generator
 # separately, and the kernel floor of the run. GATEWAY_ENV (e.g. "TOKIO_WORKER_THREADS=1") is
-# put in the gateway's environment, to compare runtimes.
+# put in the gateway's environment, to compare runtimes; LT_WORKERS (1, as bench.sh broadcast)
+# sets the load generator's processes.
 #
 #   loadtest/bench/profile.sh [N=15000] [OUT=target/bench-profile] [BROADCASTS=5]
 #
@@ -24,7 +25,7 @@ floor profile
 NODE_ENV=$GATEWAY_ENV start_node profile || exit 1
 GP=$NODE_PID
 "$BIN/loadtest" fanout --url "ws://127.0.0.1:$NODE_PORT" -n "$N" --topics 1 --rate 100000 \
-  --max-inflight 100 --hold-secs 3 --heartbeat-secs 300 --publish-rate 1 --duration-secs "$B" \
+  --workers "${LT_WORKERS:-1}" --max-inflight 100 --hold-secs 3 --heartbeat-secs 300 --publish-rate 1 --duration-secs "$B" \
   --server-pid "$GP" --floor-writes-per-sec "$FLOOR" --json "$OUT/profile.json" -q >"$OUT/profile.txt" &
 LT_PID=$!
 # Start recording once every session is joined (the hold gives the recorder time to start).
