@@ -69,8 +69,8 @@ pub struct FloorArgs {
     pub echo: bool,
     /// The floor of one broadcast instead: this many rounds of one write to each connection,
     /// each after `--gap-ms` in which the reader sleeps, timed from the first write to the
-    /// reader's last byte (`--secs` is not used).
-    #[arg(long, conflicts_with = "echo")]
+    /// reader's last byte (`--secs` is not used). At least 1.
+    #[arg(long, conflicts_with = "echo", value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,
     /// Idle time before each `--rounds` round, milliseconds.
     #[arg(long, default_value_t = 200)]

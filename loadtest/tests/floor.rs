@@ -138,3 +138,14 @@ fn round_floor_times_each_round_to_its_last_byte() {
         "one summary line: {stdout}"
     );
 }
+
+#[test]
+fn round_floor_refuses_zero_rounds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["floor", "--rounds", "0", "-n", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rounds"), "names the flag: {err}");
+}
