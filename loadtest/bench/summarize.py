@@ -23,14 +23,10 @@ def load(name):
     return json.load(open(path)) if os.path.exists(path) else None
 
 
-def floor(tag):
-    f = load(f"floor-{tag}.json")
-    return f["writes_per_sec"] if f else None
-
-
-def round_floor(tag):
-    """The one-broadcast floor of run tag (bench.sh broadcast): writes/s of its median round."""
-    f = load(f"round-floor-{tag}.json")
+def floor(tag, kind="floor"):
+    """writes/s of run tag's floor; kind "round-floor" for the one-broadcast floor of bench.sh
+    broadcast (its median round)."""
+    f = load(f"{kind}-{tag}.json")
     return f["writes_per_sec"] if f else None
 
 
@@ -100,7 +96,7 @@ def fanout_block(title, name, floor_tag):
         if f["publishes_ok"] != 1:
             row["full"] = None
         row["full_ratio"] = (row["full"] / (row["expected"] / fl)) if row["full"] and fl else None
-        rfl = round_floor(PRE + floor_tag.replace("{i}", str(i)))
+        rfl = floor(PRE + floor_tag.replace("{i}", str(i)), "round-floor")
         row["round_ratio"] = (row["full"] / (row["expected"] / rfl)) if row["full"] and rfl else None
         rows.append(row)
         print(f"  run {i}: {f['unique']}/{f['expected']} loss {f['loss']} dup {f['duplicates']} {row['dps']:,.0f}/s"

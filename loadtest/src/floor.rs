@@ -318,11 +318,23 @@ where
 
 /// Reads one connection to EOF; the bytes it carried.
 async fn read_all(s: tokio::net::TcpStream) -> Result<u64, FloorError> {
+    read_to_eof(s, |_| Ok(())).await
+}
+
+/// Reads one connection to EOF, handing `on_read` the size of each non-empty drain; the bytes
+/// it carried.
+pub(crate) async fn read_to_eof(
+    s: tokio::net::TcpStream,
+    mut on_read: impl FnMut(u64) -> Result<(), FloorError>,
+) -> Result<u64, FloorError> {
     let mut total = 0u64;
     loop {
         s.readable().await?;
         let (got, eof) = drain(&s)?;
-        total += got;
+        if got > 0 {
+            total += got;
+            on_read(got)?;
+        }
         if eof {
             return Ok(total);
         }
@@ -330,7 +342,7 @@ async fn read_all(s: tokio::net::TcpStream) -> Result<u64, FloorError> {
 }
 
 /// Reads what is there into a stack buffer (an idle connection owns none); (bytes, EOF seen).
-pub(crate) fn drain(s: &tokio::net::TcpStream) -> std::io::Result<(u64, bool)> {
+fn drain(s: &tokio::net::TcpStream) -> std::io::Result<(u64, bool)> {
     let mut buf = [0u8; 16384];
     let mut got = 0u64;
     loop {

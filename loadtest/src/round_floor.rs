@@ -12,7 +12,7 @@
 //! two processes' CPU per write is what that costs both ends.
 
 use crate::floor::{
-    connect_child, drain, next_line, reap, run_child, ChildDone, ChildKind, FloorError,
+    connect_child, next_line, read_to_eof, reap, run_child, ChildDone, ChildKind, FloorError,
 };
 use crate::metrics::proc_cpu_times;
 use crate::session::now_us;
@@ -165,24 +165,17 @@ async fn read_rounds(
     total: Arc<AtomicU64>,
     round_bytes: u64,
 ) -> Result<u64, FloorError> {
-    let mut mine = 0u64;
-    loop {
-        s.readable().await?;
-        let (got, eof) = drain(&s)?;
-        if got > 0 {
-            mine += got;
-            let before = total.fetch_add(got, Ordering::Relaxed);
-            if (before + got) / round_bytes > before / round_bytes {
-                let line = serde_json::to_string(&RoundEnd { end_us: now_us() })?;
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")?;
-                out.flush()?;
-            }
+    read_to_eof(s, |got| {
+        let before = total.fetch_add(got, Ordering::Relaxed);
+        if (before + got) / round_bytes > before / round_bytes {
+            let line = serde_json::to_string(&RoundEnd { end_us: now_us() })?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
         }
-        if eof {
-            return Ok(mine);
-        }
-    }
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]
